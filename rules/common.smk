@@ -1,0 +1,74 @@
+# Configuration, input discovery and the helpers every rule file uses.
+import snakebids
+from snakebids import bids
+
+from cmbflow.config import load_config
+from cmbflow.errors import InputError
+from cmbflow.inputs import collect_subject_inputs
+
+CFG = load_config(config)
+OUT = str(CFG.output_dir)
+
+
+def _discover():
+    dataset = snakebids.generate_inputs(
+        bids_dir=CFG.bids_dir,
+        pybids_inputs={name: spec.model_dump() for name, spec in CFG.pybids_inputs.items()},
+        participant_label=CFG.participant_label or None,
+        exclude_participant_label=CFG.exclude_participant_label or None,
+        pybidsdb_dir=CFG.pybidsdb_dir,
+    )
+    rows = {
+        name: [dict(zip(comp.zip_lists, values), path=comp.path.format(**dict(zip(comp.zip_lists, values))))
+               for values in zip(*comp.zip_lists.values())]
+        for name, comp in dataset.items()
+    }
+    subjects = collect_subject_inputs(rows, CFG.echo)
+    if not subjects:
+        wanted = f" for participant(s) {', '.join(CFG.participant_label)}" if CFG.participant_label else ""
+        raise InputError(
+            f"no magnitude images found{wanted}",
+            path=CFG.bids_dir,
+            fix="check bids_dir, participant_label and the pybids_inputs filters in the config",
+        )
+    return {s.label: s for s in subjects}
+
+
+SUBJECTS = _discover()
+HAS_SESSIONS = any(s.session for s in SUBJECTS.values())
+# Output wildcards: one job set per subject (and session); sessions only when the data have them.
+WILDCARDS = {"subject": "{subject}"} | ({"session": "{session}"} if HAS_SESSIONS else {})
+
+
+wildcard_constraints:
+    subject="[a-zA-Z0-9]+",
+    session="[a-zA-Z0-9]+",
+
+
+def subject_of(wildcards):
+    """The discovered inputs of the subject/session a job is for."""
+    label = f"sub-{wildcards.subject}" + (f"_ses-{wildcards.session}" if HAS_SESSIONS else "")
+    return SUBJECTS[label]
+
+
+def out(datatype="anat", **entities):
+    """A per-subject derivative path (snakebids naming) under output_dir."""
+    return bids(root=OUT, datatype=datatype, **WILDCARDS, **entities)
+
+
+def has_phase(wildcards):
+    return subject_of(wildcards).phase is not None
+
+
+def expand_subjects(pattern):
+    """A per-subject path for every discovered subject/session."""
+    return [pattern.format(**s.wildcards) for s in SUBJECTS.values()]
+
+
+def log_path(rule_name):
+    """Per-subject log file of a rule (kept beside the derivatives, outside the BIDS tree)."""
+    return f"{OUT}/logs/{rule_name}/sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ".log"
+
+
+def label(wildcards):
+    return subject_of(wildcards).label

@@ -1,0 +1,57 @@
+# Per-subject QC summary, cohort tables and the derivatives' dataset_description.json.
+
+
+rule subject_summary:
+    input:
+        mag=rules.bias_correct.output.mag,
+        mask_json=rules.brain_mask.output.json,
+        xfm_json=rules.register_to_mni.output.json,
+        candidates=rules.candidates.output.tsv,
+        detections=rules.detect.output.tsv,
+    output:
+        out(desc="qc", suffix="metrics.json"),
+    params:
+        label=label,
+        source=lambda wc: str(subject_of(wc).mag),
+        has_phase=has_phase,
+        echo=lambda wc: subject_of(wc).echo,
+    log:
+        log_path("subject_summary"),
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../workflow_scripts/subject_summary.py"
+
+
+rule cohort:
+    input:
+        summaries=expand_subjects(rules.subject_summary.output[0]),
+        detections=expand_subjects(rules.detect.output.tsv),
+    output:
+        summary=f"{OUT}/group/cohort_summary.csv",
+        detections=f"{OUT}/group/cohort_detections.csv",
+    log:
+        f"{OUT}/logs/cohort.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../workflow_scripts/cohort.py"
+
+
+rule dataset_description:
+    output:
+        f"{OUT}/dataset_description.json",
+    params:
+        bids_dir=str(CFG.bids_dir),
+    log:
+        f"{OUT}/logs/dataset_description.log",
+    threads: 1
+    resources:
+        mem_mb=200,
+        runtime=5,
+    script:
+        "../workflow_scripts/dataset_description.py"

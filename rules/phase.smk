@@ -1,0 +1,24 @@
+# Phase: units to radians, unwrapping, high-pass filtering, and the SWI built from them.
+
+
+rule phase_preproc:
+    input:
+        mag=rules.bias_correct.output.mag,
+        phase=lambda wc: subject_of(wc).phase,
+        mask=rules.brain_mask.output.mask,
+    output:
+        hpphase=out(part="phase", desc="hpphase", suffix="T2starw.nii.gz"),
+        hpphase_json=out(part="phase", desc="hpphase", suffix="T2starw.json"),
+        swi=out(desc="swi", suffix="T2starw.nii.gz"),
+        swi_json=out(desc="swi", suffix="T2starw.json"),
+    params:
+        label=label,
+        phase=CFG.phase.model_dump(),
+    log:
+        log_path("phase_preproc"),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow_scripts/phase_preproc.py"

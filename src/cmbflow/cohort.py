@@ -1,0 +1,42 @@
+"""Cohort tables: one row per subject/session, and every final call with its subject."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cmbflow.detections import FLOAT_FORMAT, read_detections
+from cmbflow.image import atomic_path
+
+#: Identifying columns first, in the order statisticians expect.
+ID_COLUMNS = ["participant_id", "session_id"]
+
+
+def write_cohort_tables(
+    summaries: list[str | Path],
+    detections: list[str | Path],
+    out_summary: str | Path,
+    out_detections: str | Path,
+) -> None:
+    """Write ``cohort_summary.csv`` and ``cohort_detections.csv`` from per-subject outputs.
+
+    ``summaries`` and ``detections`` are parallel lists (one entry per subject/session).
+    """
+    rows = [json.loads(Path(p).read_text()) for p in summaries]
+    summary = pd.DataFrame(rows)
+    summary = summary[ID_COLUMNS + [c for c in summary.columns if c not in ID_COLUMNS]]
+    tables = []
+    for row, tsv in zip(rows, detections, strict=True):
+        calls = read_detections(tsv)
+        calls.insert(0, "session_id", row["session_id"])
+        calls.insert(0, "participant_id", row["participant_id"])
+        tables.append(calls)
+    calls = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ID_COLUMNS)
+    order = ID_COLUMNS
+    summary = summary.sort_values(order, na_position="first").reset_index(drop=True)
+    calls = calls.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
+    for table, path in ((summary, out_summary), (calls, out_detections)):
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)

@@ -1,0 +1,158 @@
+"""The workflow configuration, validated once at start-up.
+
+Every key of ``config/config.yaml`` is a field here; an unknown key, a wrong type or a bad value
+stops the workflow before any job runs, with a message naming the key, the value and what is
+expected.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cmbflow.errors import InputError
+
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+_ECHO_RULE = re.compile(r"^(first|last|closest:\d+(\.\d+)?)$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputFilter(_Strict):
+    """One snakebids input component: which BIDS files it matches."""
+
+    filters: dict[str, str | bool | list[str | bool]]
+    wildcards: list[str]
+
+
+#: Component names cmbflow understands: single-echo (T2starw) and multi-echo (MEGRE) magnitude and
+#: phase, and an optional T1w. snakebids needs one file-name template per component, hence the
+#: split by suffix.
+COMPONENTS = ("mag", "phase", "megre_mag", "megre_phase", "t1w")
+
+
+def _default_inputs() -> dict[str, InputFilter]:
+    entities = ["subject", "session", "acquisition", "run"]
+    nifti = [".nii.gz", ".nii"]
+
+    def gre(part: str, suffix: str) -> InputFilter:
+        return InputFilter(
+            filters={"datatype": "anat", "part": part, "suffix": suffix, "extension": nifti},
+            wildcards=entities + (["echo"] if suffix == "MEGRE" else []),
+        )
+
+    return {
+        "mag": gre("mag", "T2starw"),
+        "phase": gre("phase", "T2starw"),
+        "megre_mag": gre("mag", "MEGRE"),
+        "megre_phase": gre("phase", "MEGRE"),
+        "t1w": InputFilter(filters={"datatype": "anat", "suffix": "T1w", "extension": nifti}, wildcards=entities),
+    }
+
+
+class PhaseConfig(_Strict):
+    paramagnetic_phase: Literal["negative", "positive"] = Field(
+        "negative",
+        description="sign of the phase that paramagnetic sources (veins, microbleeds) produce in "
+        "your data: negative for right-handed reconstructions (Siemens default)",
+    )
+    highpass_sigma_mm: float = Field(4.0, gt=0, le=50)
+    swi_power: int = Field(4, ge=1, le=10)
+
+    @property
+    def paramagnetic_sign(self) -> int:
+        return -1 if self.paramagnetic_phase == "negative" else 1
+
+
+class RegistrationConfig(_Strict):
+    transform: Literal["affine", "syn"] = "affine"
+
+
+class Config(_Strict):
+    """Top-level configuration (config/config.yaml plus ``--config`` overrides)."""
+
+    bids_dir: Path
+    output_dir: Path
+    participant_label: list[str] = []
+    exclude_participant_label: list[str] = []
+    pybids_inputs: dict[str, InputFilter] = Field(default_factory=_default_inputs)
+    pybidsdb_dir: Path | None = None
+    echo: str | int = Field(
+        "last",
+        description="echo to use from multi-echo (MEGRE) data: first, last, an echo number, "
+        "or closest:<TE in ms>",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    phase: PhaseConfig = PhaseConfig()
+    registration: RegistrationConfig = RegistrationConfig()
+
+    @field_validator("participant_label", "exclude_participant_label", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> list[str]:
+        if value is None or value == "":
+            return []
+        labels = [value] if isinstance(value, (str, int)) else list(value)
+        labels = [str(v).removeprefix("sub-") for v in labels]
+        for label in labels:
+            if not _LABEL.match(label):
+                raise ValueError(f"participant label {label!r} must be alphanumeric (BIDS)")
+        return labels
+
+    @field_validator("echo")
+    @classmethod
+    def _echo(cls, value: str | int) -> str | int:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("echo numbers start at 1")
+            return value
+        if value.isdigit():
+            return int(value)
+        if not _ECHO_RULE.match(value):
+            raise ValueError("expected first, last, an echo number or closest:<TE ms>")
+        return value
+
+    @field_validator("pybids_inputs")
+    @classmethod
+    def _has_magnitude(cls, value: dict[str, InputFilter]) -> dict[str, InputFilter]:
+        if not {"mag", "megre_mag"} & set(value):
+            raise ValueError("needs a 'mag' or 'megre_mag' component (the magnitude / T2*w / SWI image)")
+        unknown = set(value) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"unknown components {sorted(unknown)}; allowed: {', '.join(COMPONENTS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _dirs(self) -> "Config":
+        bids = self.bids_dir.resolve()
+        out = self.output_dir.resolve()
+        if out == bids or bids in out.parents:
+            raise ValueError("output_dir must not be inside bids_dir (inputs are never modified)")
+        return self
+
+
+def load_config(raw: dict[str, Any]) -> Config:
+    """Validate a raw config mapping; raise :class:`InputError` with one line per problem."""
+    missing = [key for key in ("bids_dir", "output_dir") if not raw.get(key)]
+    if missing:
+        raise InputError(
+            f"config: missing {', '.join(missing)}",
+            fix="run with --config bids_dir=PATH output_dir=PATH",
+        )
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise InputError("config: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{key}' (check its spelling against config/config.yaml)"
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    return f"key '{key}' = {shown}: {error['msg']}"

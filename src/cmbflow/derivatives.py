@@ -1,0 +1,37 @@
+"""BIDS-Derivatives metadata: dataset_description.json and the Sources of each output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cmbflow import __version__
+from cmbflow.image import write_json
+
+CODE_URL = "https://github.com/cmbflow/cmbflow"
+
+
+def write_dataset_description(path: str | Path, bids_dir: str | Path) -> None:
+    """The derivatives' dataset_description.json, linking back to the raw dataset."""
+    write_json(
+        {
+            "Name": "cmbflow: cerebral microbleed detections",
+            "BIDSVersion": "1.10.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "cmbflow", "Version": __version__, "CodeURL": CODE_URL}],
+            "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
+        },
+        path,
+    )
+
+
+def bids_uri(path: str | Path, dataset: str = "") -> str:
+    """BIDS URI of a file: ``bids:raw:sub-01/anat/...`` for inputs, ``bids::sub-01/...`` for ours."""
+    parts = Path(path).parts
+    start = next((i for i, p in enumerate(parts) if p.startswith("sub-")), len(parts) - 1)
+    return f"bids:{dataset}:" + "/".join(parts[start:])
+
+
+def sidecar(raw_sources: list[str | Path] = (), derived_sources: list[str | Path] = (), **fields: object) -> dict:
+    """A JSON sidecar with its ``Sources`` (raw inputs and cmbflow's own derivatives)."""
+    sources = [bids_uri(p, "raw") for p in raw_sources] + [bids_uri(p) for p in derived_sources]
+    return {"Sources": sources, **fields}

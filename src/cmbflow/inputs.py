@@ -1,0 +1,120 @@
+"""From the BIDS files snakebids found to one set of inputs per subject/session.
+
+snakebids matches files against the config's filters; this module picks the echo (MEGRE), pairs
+the phase with its magnitude, and attaches an optional T1w. It runs when the workflow starts, so
+it only reads sidecars, never images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmbflow.errors import InputError
+from cmbflow.image import read_sidecar
+
+log = logging.getLogger(__name__)
+
+#: Entities that identify one acquisition of one subject/session.
+_ACQ_KEYS = ("acquisition", "run")
+
+
+@dataclass(frozen=True)
+class SubjectInputs:
+    """The input files of one subject (and session)."""
+
+    subject: str
+    session: str | None
+    mag: Path
+    phase: Path | None
+    t1w: Path | None
+    echo: int | None
+
+    @property
+    def wildcards(self) -> dict[str, str]:
+        return {"subject": self.subject} | ({"session": self.session} if self.session else {})
+
+    @property
+    def label(self) -> str:
+        return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
+
+
+def choose_echo(echo_times_s: Mapping[int, float | None], rule: str | int, *, label: str) -> int:
+    """Pick an echo number from {echo number: TE in s} by the configured rule."""
+    echoes = sorted(echo_times_s)
+    if rule == "first":
+        return echoes[0]
+    if rule == "last":
+        return echoes[-1]
+    if isinstance(rule, int):
+        if rule not in echo_times_s:
+            raise InputError(f"echo {rule} requested but the data have echoes {echoes}", subject=label,
+                             fix="set 'echo' in the config to one that exists")
+        return rule
+    target_s = float(rule.split(":", 1)[1]) / 1000.0
+    missing = [e for e in echoes if echo_times_s[e] is None]
+    if missing:
+        raise InputError(f"echo rule {rule!r} needs EchoTime but echoes {missing} have no sidecar EchoTime",
+                         subject=label, fix="add JSON sidecars or set 'echo' to first/last/a number")
+    return min(echoes, key=lambda e: (abs(echo_times_s[e] - target_s), e))
+
+
+def collect_subject_inputs(
+    components: Mapping[str, Iterable[Mapping[str, str]]],
+    echo_rule: str | int,
+) -> list[SubjectInputs]:
+    """Group matched files (dicts of entities plus ``path``) into one entry per subject/session.
+
+    ``components`` maps component names (see :data:`cmbflow.config.COMPONENTS`) to their rows;
+    single- and multi-echo magnitudes are pooled, and a phase is paired with the magnitude of the
+    same entities.
+    When a subject has several runs or acquisitions, the last one (sorted by entities) is used and
+    a warning logged: one scan per session is what a microbleed count refers to.
+    """
+    by_session: dict[tuple[str, str | None], list[Mapping[str, str]]] = defaultdict(list)
+    for row in [*components.get("mag", []), *components.get("megre_mag", [])]:
+        by_session[(row["subject"], row.get("session") or None)].append(row)
+    phases = {_key(r): r for r in [*components.get("phase", []), *components.get("megre_phase", [])]}
+    t1ws: dict[tuple[str, str | None], list[Mapping[str, str]]] = defaultdict(list)
+    for row in components.get("t1w", []):
+        t1ws[(row["subject"], row.get("session") or None)].append(row)
+
+    subjects = []
+    for (subject, session), rows in sorted(by_session.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        label = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+        acquisitions = sorted({tuple(r.get(k, "") for k in _ACQ_KEYS) for r in rows})
+        if len(acquisitions) > 1:
+            log.warning("%s: %d magnitude acquisitions %s; using the last", label, len(acquisitions), acquisitions)
+        chosen = [r for r in rows if tuple(r.get(k, "") for k in _ACQ_KEYS) == acquisitions[-1]]
+        echo = None
+        if len(chosen) > 1 or chosen[0].get("echo"):
+            by_echo = {int(r["echo"]): r for r in chosen}
+            echo = choose_echo({e: _echo_time(r["path"]) for e, r in by_echo.items()}, echo_rule, label=label)
+            mag = by_echo[echo]
+        else:
+            mag = chosen[0]
+        phase = phases.get(_key(mag))
+        t1w = sorted(t1ws.get((subject, session), []), key=lambda r: r["path"])
+        subjects.append(
+            SubjectInputs(
+                subject=subject,
+                session=session,
+                mag=Path(mag["path"]),
+                phase=Path(phase["path"]) if phase else None,
+                t1w=Path(t1w[-1]["path"]) if t1w else None,
+                echo=echo,
+            )
+        )
+    return subjects
+
+
+def _key(row: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(row.get(k) or "" for k in ("subject", "session", *_ACQ_KEYS, "echo"))
+
+
+def _echo_time(path: str) -> float | None:
+    te = read_sidecar(path).get("EchoTime")
+    return float(te) if te is not None else None

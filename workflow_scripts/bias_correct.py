@@ -1,0 +1,11 @@
+from cmbflow.stages import bias_correct
+from cmbflow.step import run_step
+
+run_step(
+    snakemake,
+    bias_correct,
+    mag=snakemake.input.mag,
+    out_image=snakemake.output.mag,
+    out_json=snakemake.output.json,
+    label=snakemake.params.label,
+)

@@ -1,0 +1,14 @@
+from cmbflow.stages import register_to_template
+from cmbflow.step import run_step
+
+run_step(
+    snakemake,
+    register_to_template,
+    mag=snakemake.input.mag,
+    mask=snakemake.input.mask,
+    out_xfm=snakemake.output.xfm,
+    out_warped=snakemake.output.warped,
+    out_json=snakemake.output.json,
+    transform=snakemake.params.transform,
+    label=snakemake.params.label,
+)
