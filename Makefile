@@ -24,7 +24,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/snakemake --lint --config bids_dir=tests/data/lint-bids output_dir=/tmp/cmbflow-lint
+	$(BIN)/python -m pytest -q tests/test_workflow.py -k lint
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_subject.py

@@ -9,6 +9,7 @@ rule bias_correct:
         json=out(part="mag", desc="n4", suffix="T2starw.json"),
     params:
         label=label,
+        echo=CFG.echo,
     log:
         log_path("bias_correct"),
     threads: 2
@@ -48,7 +49,6 @@ rule register_to_mni:
         json=out(datatype="xfm", **{"from": "T2starw"}, to="MNI152NLin2009aAsym", mode="image", suffix="xfm.json"),
     params:
         label=label,
-        transform=CFG.registration.transform,
     log:
         log_path("register_to_mni"),
     threads: 2

@@ -20,6 +20,7 @@ rule candidates:
         label=label,
         device=CFG.device,
         candidates=CFG.candidates.model_dump(),
+        classifier=CFG.classical.model_dump(),
         paramagnetic_sign=CFG.phase.paramagnetic_sign,
     log:
         log_path("candidates"),
@@ -27,6 +28,5 @@ rule candidates:
     resources:
         mem_mb=3000,
         runtime=10,
-        gpu=1 if CFG.device == "cuda" else 0,
     script:
         "../workflow_scripts/candidates.py"

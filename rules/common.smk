@@ -6,6 +6,7 @@ from cmbflow.config import load_config
 from cmbflow.errors import InputError
 from cmbflow.inputs import collect_subject_inputs
 
+snakebids.set_bids_spec("v0_15_0")  # BIDS entity order (part- before desc-)
 CFG = load_config(config)
 OUT = str(CFG.output_dir)
 

@@ -13,6 +13,7 @@ rule phase_preproc:
         swi_json=out(desc="swi", suffix="T2starw.json"),
     params:
         label=label,
+        echo=CFG.echo,
         phase=CFG.phase.model_dump(),
     log:
         log_path("phase_preproc"),

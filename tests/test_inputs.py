@@ -14,7 +14,7 @@ def test_choose_echo_rules():
     assert choose_echo(tes, "closest:22", label="sub-01") == 2
     with pytest.raises(InputError, match="echo 5 requested"):
         choose_echo(tes, 5, label="sub-01")
-    with pytest.raises(InputError, match="needs EchoTime"):
+    with pytest.raises(InputError, match="needs echo times"):
         choose_echo({1: None, 2: 0.02}, "closest:20", label="sub-01")
 
 

@@ -5,6 +5,7 @@ run_step(
     snakemake,
     bias_correct,
     mag=snakemake.input.mag,
+    echo=snakemake.params.echo,
     out_image=snakemake.output.mag,
     out_json=snakemake.output.json,
     label=snakemake.params.label,

@@ -9,6 +9,5 @@ run_step(
     out_xfm=snakemake.output.xfm,
     out_warped=snakemake.output.warped,
     out_json=snakemake.output.json,
-    transform=snakemake.params.transform,
     label=snakemake.params.label,
 )

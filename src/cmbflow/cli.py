@@ -41,7 +41,9 @@ def run_bids_app(argv: list[str]) -> int:
     parser.add_argument("--configfile", type=Path, help="a config YAML replacing config/config.yaml")
     args, snakemake_args = parser.parse_known_args(argv)
 
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(_snakefile()), "--directory", str(REPO_ROOT)]
+    # Snakemake's bookkeeping (.snakemake/) lives with the outputs, one per cohort.
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(_snakefile()), "--directory", str(args.output_dir.resolve())]
     if args.configfile:
         cmd += ["--configfile", str(args.configfile.resolve())]
     cmd += ["--config", f"bids_dir={args.bids_dir.resolve()}", f"output_dir={args.output_dir.resolve()}"]

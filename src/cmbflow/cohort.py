@@ -13,6 +13,13 @@ from cmbflow.image import atomic_path
 #: Identifying columns first, in the order statisticians expect.
 ID_COLUMNS = ["participant_id", "session_id"]
 
+#: Columns of cohort_summary.csv, in order (each subject's qc metrics JSON holds them).
+SUMMARY_COLUMNS = ID_COLUMNS + [
+    "n_cmb", "n_candidates", "phase_used", "echo", "echo_time_ms", "field_strength_t",
+    "voxel_size_x_mm", "voxel_size_y_mm", "voxel_size_z_mm", "matrix", "brain_volume_ml",
+    "registration_similarity", "source", "cmbflow_version",
+]
+
 
 def write_cohort_tables(
     summaries: list[str | Path],
@@ -25,8 +32,7 @@ def write_cohort_tables(
     ``summaries`` and ``detections`` are parallel lists (one entry per subject/session).
     """
     rows = [json.loads(Path(p).read_text()) for p in summaries]
-    summary = pd.DataFrame(rows)
-    summary = summary[ID_COLUMNS + [c for c in summary.columns if c not in ID_COLUMNS]]
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     tables = []
     for row, tsv in zip(rows, detections, strict=True):
         calls = read_detections(tsv)

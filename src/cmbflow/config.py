@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cmbflow.candidates import CandidateParams
+from cmbflow.classical import ClassicalParams
 from cmbflow.errors import InputError
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
@@ -69,10 +71,6 @@ class PhaseConfig(_Strict):
         return -1 if self.paramagnetic_phase == "negative" else 1
 
 
-class RegistrationConfig(_Strict):
-    transform: Literal["affine", "syn"] = "affine"
-
-
 class Config(_Strict):
     """Top-level configuration (config/config.yaml plus ``--config`` overrides)."""
 
@@ -89,7 +87,8 @@ class Config(_Strict):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     phase: PhaseConfig = PhaseConfig()
-    registration: RegistrationConfig = RegistrationConfig()
+    candidates: CandidateParams = CandidateParams()
+    classical: ClassicalParams = ClassicalParams()
 
     @field_validator("participant_label", "exclude_participant_label", mode="before")
     @classmethod

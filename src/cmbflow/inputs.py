@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cmbflow.errors import InputError
 from cmbflow.image import read_sidecar
+from cmbflow.phase import select_echo
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,13 @@ class SubjectInputs:
 def choose_echo(echo_times_s: Mapping[int, float | None], rule: str | int, *, label: str) -> int:
     """Pick an echo number from {echo number: TE in s} by the configured rule."""
     echoes = sorted(echo_times_s)
-    if rule == "first":
-        return echoes[0]
-    if rule == "last":
-        return echoes[-1]
-    if isinstance(rule, int):
-        if rule not in echo_times_s:
+    times = [echo_times_s[e] for e in echoes]
+    if isinstance(rule, int):  # an echo entity value, which need not count from 1
+        if rule not in echoes:
             raise InputError(f"echo {rule} requested but the data have echoes {echoes}", subject=label,
                              fix="set 'echo' in the config to one that exists")
-        return rule
-    target_s = float(rule.split(":", 1)[1]) / 1000.0
-    missing = [e for e in echoes if echo_times_s[e] is None]
-    if missing:
-        raise InputError(f"echo rule {rule!r} needs EchoTime but echoes {missing} have no sidecar EchoTime",
-                         subject=label, fix="add JSON sidecars or set 'echo' to first/last/a number")
-    return min(echoes, key=lambda e: (abs(echo_times_s[e] - target_s), e))
+        rule = echoes.index(rule) + 1
+    return echoes[select_echo(len(echoes), None if None in times else times, rule, subject=label)]
 
 
 def collect_subject_inputs(

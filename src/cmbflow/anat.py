@@ -1,0 +1,439 @@
+"""Anatomy stage: bias correction, brain mask and registration to MNI space (antspyx in-process).
+
+ANTs works in LPS physical space while NIfTI affines (and cmbflow) use RAS+; the conversion
+here is the one place where that sign flip happens, so transforms written by ANTs are used with
+:func:`points_to_mni` rather than applied to RAS coordinates by hand.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import ants
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+from scipy import ndimage
+
+from cmbflow.errors import InputError
+from cmbflow.image import voxel_sizes
+
+#: Name of the template space of nilearn's bundled MNI152 images (ICBM 2009a asymmetric).
+MNI_SPACE = "MNI152NLin2009aAsym"
+
+#: RAS+ <-> LPS sign flip of world coordinates (its own inverse).
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+#: Fixed seed for ANTs' random metric sampling: reruns must give identical transforms.
+_ANTS_SEED = 20240601
+
+BRAIN_MASK_METHODS = ("template", "deepbet", "intensity")
+TRANSFORMS = ("affine", "syn")
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def to_ants(img: nib.Nifti1Image) -> ants.ANTsImage:
+    """A nibabel 3D image as an ANTs image occupying exactly the same place in the world."""
+    affine = np.asarray(img.affine, dtype=float)
+    spacing = voxel_sizes(affine)
+    direction = _RAS_TO_LPS @ affine[:3, :3] / spacing
+    if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        # ITK stores direction cosines + spacing, so a sheared affine has no exact ANTs twin.
+        raise InputError(
+            "affine has shear, which ANTs images cannot represent",
+            fix="resample the image to a grid without shear before running",
+        )
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim != 3:
+        raise InputError(f"expected a 3D image, got shape {data.shape}", fix="provide a 3D volume")
+    return ants.from_numpy(
+        data,
+        origin=(_RAS_TO_LPS @ affine[:3, 3]).tolist(),
+        spacing=spacing.tolist(),
+        direction=direction,
+    )
+
+
+def from_ants(image: ants.ANTsImage, dtype: npt.DTypeLike = np.float32) -> nib.Nifti1Image:
+    """An ANTs 3D image as a nibabel image with the equivalent RAS+ affine."""
+    affine = np.eye(4)
+    affine[:3, :3] = _RAS_TO_LPS @ np.asarray(image.direction) * np.asarray(image.spacing)
+    affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.origin)
+    out = nib.Nifti1Image(image.numpy().astype(dtype), affine)
+    out.set_qform(affine, code=1)
+    out.set_sform(affine, code=1)
+    return out
+
+
+def _mask_to_ants(mask: npt.ArrayLike, like: ants.ANTsImage) -> ants.ANTsImage:
+    """A boolean array on ``like``'s grid as an ANTs float image of 0/1."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != tuple(like.shape):
+        raise InputError(f"mask shape {mask.shape} differs from the image shape {tuple(like.shape)}")
+    return ants.new_image_like(like, mask.astype(np.float32))
+
+
+# --------------------------------------------------------------------------- template
+
+
+@lru_cache(maxsize=4)
+def _template(resolution_mm: int) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """nilearn's bundled MNI152 2009a brain-only T1 template and its brain mask (no download)."""
+    from nilearn import datasets
+
+    t1 = datasets.load_mni152_template(resolution=resolution_mm)
+    mask = datasets.load_mni152_brain_mask(resolution=resolution_mm)
+    t1 = nib.Nifti1Image(t1.get_fdata(dtype=np.float32), t1.affine)
+    mask = nib.Nifti1Image(mask.get_fdata(dtype=np.float32), mask.affine)
+    return t1, mask
+
+
+# --------------------------------------------------------------------------- bias correction
+
+
+def n4_bias_correct(
+    img: nib.Nifti1Image,
+    mask: npt.ArrayLike | None = None,
+    shrink: int = 4,
+) -> nib.Nifti1Image:
+    """N4 bias-field correction; the field is fitted inside ``mask`` (default: a head mask).
+
+    Fitting only inside the head is both faster (4x on a 1 mm head) and better, because the
+    noise floor outside the head carries no bias information.
+    """
+    image = to_ants(img)
+    if mask is None:
+        mask = head_mask(img)
+    corrected = ants.n4_bias_field_correction(
+        image,
+        mask=_mask_to_ants(mask, image),
+        shrink_factor=int(shrink),
+        # ~100 mm B-spline knot spacing: smooth receive-field variation, not anatomy.
+        spline_param=100.0,
+    )
+    return from_ants(corrected)
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def head_mask(img: nib.Nifti1Image) -> npt.NDArray[np.bool_]:
+    """Everything that is not background air: Otsu on log intensity, largest blob, holes filled."""
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    positive = data[data > 0]
+    if positive.size == 0:
+        raise InputError("image has no positive voxels", fix="check the magnitude export")
+    # Log compresses the heavy bright tail (fat, vessels) so the air/tissue split dominates.
+    log = np.log(np.maximum(data, np.percentile(positive, 1)))
+    mask = log > _otsu(log)
+    mask = _largest_component(ndimage.binary_opening(mask, iterations=1))
+    return _fill_holes_slicewise(mask)
+
+
+def brain_volume_ml(mask: npt.ArrayLike, affine: npt.NDArray[np.floating]) -> float:
+    """Volume of a boolean mask in millilitres."""
+    return float(np.count_nonzero(mask) * np.prod(voxel_sizes(affine)) / 1000.0)
+
+
+def _otsu(values: npt.NDArray[np.floating], bins: int = 256) -> float:
+    """Otsu threshold of a set of values."""
+    hist, edges = np.histogram(values, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    return float(centers[np.argmax(w0 * w1 * (mu0 - mu1) ** 2)])
+
+
+def _largest_component(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == np.argmax(sizes)
+
+
+def _fill_holes_slicewise(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Fill holes in 3D and in every 2D slice along each axis.
+
+    A 3D fill alone misses cavities that open at the edge of a partial field of view.
+    """
+    out = ndimage.binary_fill_holes(mask)
+    for axis in range(3):
+        filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(out, axis, 0)])
+        out |= np.moveaxis(filled, 0, axis)
+    return out
+
+
+# --------------------------------------------------------------------------- registration
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """ANTs transform files between a subject image and MNI space, as written by ANTs.
+
+    ``affine`` maps MNI points to subject points (ANTs stores the fixed->moving direction, which
+    pulls subject images into MNI space); ``warp``/``inverse_warp`` exist only after SyN.
+    """
+
+    affine: Path
+    warp: Path | None = None
+    inverse_warp: Path | None = None
+
+    @classmethod
+    def at(cls, prefix: str | Path) -> "Transforms":
+        """The transforms that :func:`register_to_mni` wrote with this prefix."""
+        paths = _transform_paths(prefix)
+        if not paths["affine"].exists():
+            raise InputError("registration transform not found", path=paths["affine"])
+        warps = [paths[k] if paths[k].exists() else None for k in ("warp", "inverse_warp")]
+        return cls(paths["affine"], *warps)
+
+    def subject_to_mni(self) -> tuple[list[str], list[bool]]:
+        """Transform list and inversion flags that pull a subject image into MNI space
+        (equivalently: push MNI points to the subject)."""
+        files = ([str(self.warp)] if self.warp else []) + [str(self.affine)]
+        return files, [False] * len(files)
+
+    def mni_to_subject(self) -> tuple[list[str], list[bool]]:
+        """Transform list and inversion flags that pull an MNI image onto the subject grid
+        (equivalently: push subject points to MNI)."""
+        files = [str(self.affine)] + ([str(self.inverse_warp)] if self.inverse_warp else [])
+        return files, [True] + [False] * (len(files) - 1)
+
+
+@dataclass(frozen=True)
+class RegistrationResult:
+    """Outcome of :func:`register_to_mni`."""
+
+    transforms: Transforms
+    #: Entropy correlation coefficient (normalised mutual information, 0 = unrelated,
+    #: 1 = one image determines the other) of warped subject vs template in the template brain.
+    similarity: float
+    #: The subject image resampled onto the MNI template grid.
+    warped: nib.Nifti1Image
+
+
+def _transform_paths(prefix: str | Path) -> dict[str, Path]:
+    prefix = str(prefix)
+    return {
+        "affine": Path(f"{prefix}affine.mat"),
+        "warp": Path(f"{prefix}warp.nii.gz"),
+        "inverse_warp": Path(f"{prefix}inverse-warp.nii.gz"),
+    }
+
+
+def register_to_mni(
+    img: nib.Nifti1Image,
+    mask: npt.ArrayLike | None,
+    out_prefix: str | Path,
+    transform: str = "affine",
+    resolution_mm: int = 2,
+) -> RegistrationResult:
+    """Register a subject image to nilearn's MNI152 template; write the ANTs transforms.
+
+    With ``mask`` the image is skull-stripped first (the template is brain-only); without it
+    the whole head is registered, with the metric restricted to the template's brain.
+    ``transform`` is ``"affine"`` or ``"syn"`` (affine followed by a fast SyN).
+    Files are written as ``{out_prefix}affine.mat`` (+ ``warp.nii.gz``,
+    ``inverse-warp.nii.gz`` for SyN); the random seed is fixed so reruns give identical files.
+    """
+    if transform not in TRANSFORMS:
+        raise InputError(f"unknown registration transform {transform!r}", fix=f"use one of {TRANSFORMS}")
+    template, template_mask = _template(resolution_mm)
+    fixed = to_ants(template)
+    moving = to_ants(img)
+    if mask is not None:
+        moving = moving * _mask_to_ants(mask, moving)
+        fixed_mask = None
+    else:
+        # A head image against a brain-only template: only the brain and a few mm around it
+        # should drive the metric, not where the template is empty but the subject has scalp.
+        fixed_mask = to_ants(_dilate_mask_img(template_mask, 8.0))
+    with tempfile.TemporaryDirectory(prefix="cmbflow_ants_") as tmp:
+        reg = ants.registration(
+            fixed,
+            moving,
+            type_of_transform="SyN" if transform == "syn" else "Affine",
+            mask=fixed_mask,
+            outprefix=str(Path(tmp) / "reg_"),
+            random_seed=_ANTS_SEED,
+        )
+        transforms = _store_transforms(reg, out_prefix)
+    warped = reg["warpedmovout"]
+    similarity = _entropy_correlation(
+        warped.numpy(), fixed.numpy(), template_mask.get_fdata() > 0.5
+    )
+    return RegistrationResult(transforms, similarity, from_ants(warped))
+
+
+def _store_transforms(reg: dict, out_prefix: str | Path) -> Transforms:
+    """Move ANTs' output files (named by ANTs) to stable names under ``out_prefix``."""
+    paths = _transform_paths(out_prefix)
+    paths["affine"].parent.mkdir(parents=True, exist_ok=True)
+    fwd = list(reg["fwdtransforms"])
+    inv = list(reg["invtransforms"])
+    affine = next(f for f in fwd if f.endswith(".mat"))
+    shutil.move(affine, paths["affine"])
+    warp = next((f for f in fwd if f.endswith("Warp.nii.gz")), None)
+    inverse_warp = next((f for f in inv if f.endswith("InverseWarp.nii.gz")), None)
+    if warp is None:
+        for key in ("warp", "inverse_warp"):
+            paths[key].unlink(missing_ok=True)  # stale SyN files from an earlier run
+        return Transforms(paths["affine"])
+    shutil.move(warp, paths["warp"])
+    shutil.move(inverse_warp, paths["inverse_warp"])
+    return Transforms(paths["affine"], paths["warp"], paths["inverse_warp"])
+
+
+def _dilate_mask_img(mask_img: nib.Nifti1Image, mm: float) -> nib.Nifti1Image:
+    mask = mask_img.get_fdata() > 0.5
+    outside = ndimage.distance_transform_edt(~mask, sampling=voxel_sizes(mask_img.affine))
+    return nib.Nifti1Image((outside <= mm).astype(np.float32), mask_img.affine)
+
+
+def _entropy_correlation(a: npt.NDArray, b: npt.NDArray, mask: npt.NDArray[np.bool_], bins: int = 32) -> float:
+    """Entropy correlation coefficient 2*(1 - H(a,b)/(H(a)+H(b))) of two images inside a mask.
+
+    Contrast-independent (a GRE magnitude against a T1 template), and bounded in [0, 1].
+    """
+    a, b = a[mask], b[mask]
+    joint, _, _ = np.histogram2d(a, b, bins=bins)
+    p = joint / joint.sum()
+
+    def entropy(q: npt.NDArray) -> float:
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    h_a, h_b, h_ab = entropy(p.sum(1)), entropy(p.sum(0)), entropy(p)
+    return 2.0 * (1.0 - h_ab / (h_a + h_b)) if h_a + h_b > 0 else 0.0
+
+
+def points_to_mni(xyz: npt.ArrayLike, transforms: Transforms | RegistrationResult) -> npt.NDArray[np.float64]:
+    """Subject world coordinates (N, 3, RAS+ mm) to MNI coordinates (N, 3, RAS+ mm)."""
+    files, invert = _as_transforms(transforms).mni_to_subject()
+    return _apply_to_points(xyz, files, invert)
+
+
+def points_from_mni(xyz_mni: npt.ArrayLike, transforms: Transforms | RegistrationResult) -> npt.NDArray[np.float64]:
+    """MNI coordinates (N, 3, RAS+ mm) to subject world coordinates (N, 3, RAS+ mm)."""
+    files, invert = _as_transforms(transforms).subject_to_mni()
+    return _apply_to_points(xyz_mni, files, invert)
+
+
+def mni_to_subject_image(
+    mni_img: nib.Nifti1Image,
+    subject: nib.Nifti1Image,
+    transforms: Transforms | RegistrationResult,
+    interpolator: str = "linear",
+) -> nib.Nifti1Image:
+    """Resample an image in MNI space (template, mask, atlas) onto the subject grid."""
+    files, invert = _as_transforms(transforms).mni_to_subject()
+    out = ants.apply_transforms(
+        to_ants(subject), to_ants(mni_img), files, interpolator=interpolator, whichtoinvert=invert
+    )
+    return from_ants(out)
+
+
+def _as_transforms(transforms: Transforms | RegistrationResult) -> Transforms:
+    return transforms.transforms if isinstance(transforms, RegistrationResult) else transforms
+
+
+def _apply_to_points(xyz: npt.ArrayLike, files: list[str], invert: list[bool]) -> npt.NDArray[np.float64]:
+    import pandas as pd
+
+    xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
+    if xyz.shape[0] == 0:
+        return np.zeros((0, 3))
+    lps = xyz @ _RAS_TO_LPS  # ANTs points live in LPS, like its images
+    moved = ants.apply_transforms_to_points(
+        3, pd.DataFrame(lps, columns=["x", "y", "z"]), files, whichtoinvert=invert
+    )
+    return moved[["x", "y", "z"]].to_numpy(dtype=float) @ _RAS_TO_LPS
+
+
+# --------------------------------------------------------------------------- brain mask
+
+
+def brain_mask(
+    magnitude: nib.Nifti1Image,
+    t1w: nib.Nifti1Image | None = None,
+    method: str = "template",
+    transform: str = "affine",
+) -> npt.NDArray[np.bool_]:
+    """Boolean brain mask on the magnitude grid.
+
+    ``method``:
+      * ``"template"``: N4, register the head to the MNI template (``transform``), pull the
+        template's brain mask back onto the subject.
+      * ``"deepbet"``: the deepbet network (trained on T1w) on the T1w when given (then moved
+        onto the magnitude by a rigid registration), else on the magnitude itself.
+      * ``"intensity"``: N4, threshold, erode to cut the brain free of the scalp, keep the
+        largest blob, dilate back inside the threshold, fill holes.
+    """
+    if method not in BRAIN_MASK_METHODS:
+        raise InputError(f"unknown brain mask method {method!r}", fix=f"use one of {BRAIN_MASK_METHODS}")
+    if method == "deepbet":
+        if t1w is None:
+            return _deepbet(magnitude)
+        return _t1w_mask_on_magnitude(_deepbet(t1w), t1w, magnitude)
+    if method == "intensity":
+        return _intensity_brain_mask(magnitude)
+    return _template_brain_mask(magnitude, transform)
+
+
+def _template_brain_mask(corrected: nib.Nifti1Image, transform: str) -> npt.NDArray[np.bool_]:
+    _, mask_1mm = _template(1)
+    with tempfile.TemporaryDirectory(prefix="cmbflow_mask_") as tmp:
+        reg = register_to_mni(corrected, None, Path(tmp) / "head_", transform=transform)
+        pulled = mni_to_subject_image(mask_1mm, corrected, reg, interpolator="linear")
+    return np.asarray(pulled.dataobj) > 0.5
+
+
+def _intensity_brain_mask(corrected: nib.Nifti1Image, erode_mm: float = 4.0) -> npt.NDArray[np.bool_]:
+    data = np.asarray(corrected.dataobj, dtype=np.float32)
+    head = head_mask(corrected)
+    tissue = head & (data > _otsu(data[head]))
+    sampling = voxel_sizes(corrected.affine)
+    # Erosion by distance (mm, anisotropy-aware) breaks the thin bridges across the dark skull.
+    core = ndimage.distance_transform_edt(tissue, sampling=sampling) > erode_mm
+    core = _largest_component(core)
+    grown = ndimage.distance_transform_edt(~core, sampling=sampling) <= erode_mm + 0.5
+    return _fill_holes_slicewise(grown & head)
+
+
+def _deepbet(img: nib.Nifti1Image) -> npt.NDArray[np.bool_]:
+    """deepbet's mask on the grid of ``img`` (weights ship with the package; CPU only)."""
+    from deepbet.bet import BrainExtraction
+
+    image = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+    # Called on an in-memory image, deepbet skips its file-size sanity check.
+    _, mask, _ = BrainExtraction(no_gpu=True).run(image)
+    return np.asarray(mask.dataobj) > 0
+
+
+def _t1w_mask_on_magnitude(
+    mask: npt.NDArray[np.bool_], t1w: nib.Nifti1Image, magnitude: nib.Nifti1Image
+) -> npt.NDArray[np.bool_]:
+    """Move a T1w-space mask onto the magnitude grid via a rigid T1w -> magnitude registration.
+
+    Both scans come from one session, but the head may have moved between them.
+    """
+    fixed, moving = to_ants(magnitude), to_ants(t1w)
+    with tempfile.TemporaryDirectory(prefix="cmbflow_rigid_") as tmp:
+        reg = ants.registration(
+            fixed, moving, type_of_transform="Rigid", outprefix=str(Path(tmp) / "rigid_"), random_seed=_ANTS_SEED
+        )
+        moved = ants.apply_transforms(
+            fixed, _mask_to_ants(mask, moving), reg["fwdtransforms"], interpolator="linear"
+        )
+    return moved.numpy() > 0.5

@@ -1,0 +1,162 @@
+"""Lesion-level evaluation of detections against a reference: matching, metrics and FROC.
+
+A detection hits a true lesion when it lies within the lesion's radius plus the largest voxel
+edge (the localisation error a voxel grid allows). Matching is one-to-one (Hungarian on
+distance), so two detections on one lesion give one hit and one false positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+#: Operating points of the FROC summary (false positives per scan).
+FROC_FP_RATES = (0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True)
+class Match:
+    """One scan's one-to-one matching of detections to true lesions."""
+
+    pairs: npt.NDArray[np.int64]  # (K, 2): detection index, truth index
+    distances_mm: npt.NDArray[np.float64]  # (K,)
+    unmatched_detections: npt.NDArray[np.int64]
+    unmatched_truth: npt.NDArray[np.int64]
+
+    @property
+    def true_positives(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def false_positives(self) -> int:
+        return len(self.unmatched_detections)
+
+    @property
+    def false_negatives(self) -> int:
+        return len(self.unmatched_truth)
+
+
+def _points(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    return np.asarray(values, dtype=float).reshape(-1, 3)
+
+
+def match_detections(
+    detections_xyz: npt.ArrayLike,
+    truth_xyz: npt.ArrayLike,
+    truth_radius_mm: npt.ArrayLike,
+    voxel_size_mm: Sequence[float],
+) -> Match:
+    """Match detections (N, 3) to true lesions (M, 3), world mm, one to one.
+
+    Among all one-to-one assignments in which every pair is within tolerance, the Hungarian
+    algorithm picks one with the most pairs and, among those, the least total distance.
+    """
+    det, truth = _points(detections_xyz), _points(truth_xyz)
+    radius = np.broadcast_to(np.asarray(truth_radius_mm, dtype=float), (len(truth),))
+    tolerance = radius + float(np.max(voxel_size_mm))
+    if len(det) == 0 or len(truth) == 0:
+        return Match(np.zeros((0, 2), np.int64), np.zeros(0), np.arange(len(det)), np.arange(len(truth)))
+    dist = np.linalg.norm(det[:, None, :] - truth[None, :, :], axis=-1)
+    within = dist <= tolerance[None, :]
+    # A pair out of tolerance costs more than any set of valid pairs could save, so the optimum
+    # maximises the number of valid pairs first.
+    big = 1.0 + dist[within].sum() if within.any() else 1.0
+    rows, cols = linear_sum_assignment(np.where(within, dist, big))
+    good = within[rows, cols]
+    rows, cols = rows[good], cols[good]
+    return Match(
+        pairs=np.stack([rows, cols], axis=1).astype(np.int64),
+        distances_mm=dist[rows, cols],
+        unmatched_detections=np.setdiff1d(np.arange(len(det)), rows).astype(np.int64),
+        unmatched_truth=np.setdiff1d(np.arange(len(truth)), cols).astype(np.int64),
+    )
+
+
+def detection_metrics(matches: Sequence[Match]) -> dict[str, float]:
+    """Cohort lesion-level metrics from per-scan matches (lesions pooled over scans).
+
+    Sensitivity is NaN without true lesions, precision NaN without detections.
+    """
+    tp = sum(m.true_positives for m in matches)
+    fp = sum(m.false_positives for m in matches)
+    fn = sum(m.false_negatives for m in matches)
+    sensitivity = tp / (tp + fn) if tp + fn else float("nan")
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
+    return {
+        "scans": float(len(matches)),
+        "lesions": float(tp + fn),
+        "detections": float(tp + fp),
+        "true_positives": float(tp),
+        "false_positives": float(fp),
+        "false_negatives": float(fn),
+        "sensitivity": sensitivity,
+        "precision": precision,
+        "f1": f1,
+        "fp_per_scan": fp / len(matches) if matches else float("nan"),
+    }
+
+
+def froc_curve(
+    probabilities: Sequence[npt.ArrayLike],
+    detections_xyz: Sequence[npt.ArrayLike],
+    truth_xyz: Sequence[npt.ArrayLike],
+    truth_radius_mm: Sequence[npt.ArrayLike],
+    voxel_size_mm: Sequence[Sequence[float]],
+) -> pd.DataFrame:
+    """Sensitivity and false positives per scan for every useful probability threshold.
+
+    Each argument holds one entry per scan. Detections with probability >= threshold are kept and
+    re-matched one to one. Sensitivity can only change when a detection within tolerance of some
+    lesion enters, and between such thresholds the false positives are fewest at the upper end,
+    so only those thresholds are evaluated. Columns: threshold, sensitivity, fp_per_scan
+    (thresholds descending; the first row, threshold inf, keeps nothing).
+    """
+    n_scans = len(probabilities)
+    if not n_scans == len(detections_xyz) == len(truth_xyz) == len(truth_radius_mm) == len(voxel_size_mm):
+        raise ValueError("froc_curve needs one entry per scan in every argument")
+    scans = []
+    for prob, det, truth, radius, sizes in zip(probabilities, detections_xyz, truth_xyz, truth_radius_mm, voxel_size_mm):
+        prob, det, truth = np.asarray(prob, dtype=float).ravel(), _points(det), _points(truth)
+        if len(prob) != len(det):
+            raise ValueError(f"{len(prob)} probabilities for {len(det)} detections")
+        radius = np.broadcast_to(np.asarray(radius, dtype=float), (len(truth),))
+        near = np.zeros(len(det), dtype=bool)
+        if len(truth) and len(det):
+            dist = np.linalg.norm(det[:, None, :] - truth[None, :, :], axis=-1)
+            near = (dist <= (radius + float(np.max(sizes)))[None, :]).any(axis=1)
+        scans.append((prob, det, truth, radius, sizes, near))
+    n_lesions = sum(len(s[2]) for s in scans)
+    thresholds = np.unique(np.concatenate([s[0][s[5]] for s in scans] + [np.zeros(0)]))[::-1]
+    rows = [(np.inf, 0.0 if n_lesions else float("nan"), 0.0)]
+    for threshold in thresholds:
+        tp = fp = 0
+        for prob, det, truth, radius, sizes, near in scans:
+            keep = prob >= threshold
+            fp += int(np.count_nonzero(keep & ~near))
+            match = match_detections(det[keep & near], truth, radius, sizes)
+            tp += match.true_positives
+            fp += match.false_positives
+        rows.append((float(threshold), tp / n_lesions if n_lesions else float("nan"), fp / n_scans))
+    return pd.DataFrame(rows, columns=["threshold", "sensitivity", "fp_per_scan"])
+
+
+def froc(
+    probabilities: Sequence[npt.ArrayLike],
+    detections_xyz: Sequence[npt.ArrayLike],
+    truth_xyz: Sequence[npt.ArrayLike],
+    truth_radius_mm: Sequence[npt.ArrayLike],
+    voxel_size_mm: Sequence[Sequence[float]],
+    fp_rates: Sequence[float] = FROC_FP_RATES,
+) -> dict[float, float]:
+    """Best sensitivity reachable at or below each rate of false positives per scan."""
+    curve = froc_curve(probabilities, detections_xyz, truth_xyz, truth_radius_mm, voxel_size_mm)
+    return {
+        float(rate): float(curve.loc[curve["fp_per_scan"] <= rate, "sensitivity"].max())
+        for rate in fp_rates
+    }

@@ -1,0 +1,178 @@
+"""What defines one simulated acquisition, and how each preset samples it from a seed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmbflow.errors import InputError
+
+PRESETS = ("tiny", "standard", "diverse")
+PHASE_UNITS = ("rad", "arbitrary")
+
+_AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+
+
+@dataclass(frozen=True)
+class SubjectParams:
+    """Everything that defines one simulated acquisition (lengths in mm, times in s, chi in ppm).
+
+    The lesion and vein *counts* and the ranges their sizes and susceptibilities are drawn from
+    live here; where each one lies, and its exact size, is drawn by :func:`simulate_subject`.
+    """
+
+    voxel_size_mm: tuple[float, float, float]  # acquisition voxel edges, in array axis order
+    orientation: str  # nibabel axis codes of the array axes, e.g. "RAS", "LPS", "PSR"
+    b0_tesla: float
+    te_s: float
+    snr: float  # 99th percentile of the noise-free brain magnitude / noise sigma
+    phase_units: str  # "rad" (float32 in [-pi, pi)) or "arbitrary" (int16 -4096..4095)
+    paramagnetic_sign: int  # -1: positive field offset gives negative phase (cmbflow default)
+    has_phase: bool
+    n_cmb: int
+    n_calcifications: int
+    n_veins: int
+    head_rotation_deg: tuple[float, float, float]  # about world x (pitch), y (roll), z (yaw)
+    head_scale: float  # isotropic scale of the MNI152 head (the template is larger than most brains)
+    head_shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    oblique_deg: tuple[float, float, float] = (0.0, 0.0, 0.0)  # slice stack tilt about world x, y, z
+    cmb_diameter_mm: tuple[float, float] = (2.0, 5.0)
+    cmb_chi_ppm: tuple[float, float] = (0.3, 1.5)
+    calcification_diameter_mm: tuple[float, float] = (1.5, 4.0)
+    calcification_chi_ppm: tuple[float, float] = (-0.6, -0.1)
+    vein_chi_ppm: tuple[float, float] = (0.3, 0.45)
+    deep_gm_chi_ppm: float = 0.1  # iron in basal ganglia and thalamus
+    bias_amplitude: float = 0.2  # largest |log| of the multiplicative bias field in the head
+    background_phase_rad: float = 15.0  # spread (1st-99th percentile) of the background phase in brain
+    template_resolution_mm: int = 1  # MNI152 maps at 1 mm or block-averaged to 2 mm
+    field_grid_mm: float = 2.0  # spacing of the grid on which the tissue field is convolved
+    air_cavities: bool = True  # sinus and mastoid air (steep fields near orbitofrontal/temporal lobes)
+
+    def __post_init__(self) -> None:
+        codes = self.orientation
+        if len(codes) != 3 or sorted(_AXIS_OF_CODE.get(c, -1) for c in codes) != [0, 1, 2]:
+            raise InputError(f"orientation {codes!r} is not three axis codes, one from each of RL, AP, SI")
+        if len(self.voxel_size_mm) != 3 or min(self.voxel_size_mm) <= 0:
+            raise InputError(f"voxel_size_mm {self.voxel_size_mm} must be three positive lengths")
+        if self.phase_units not in PHASE_UNITS:
+            raise InputError(f"phase_units {self.phase_units!r} must be one of {PHASE_UNITS}")
+        if self.paramagnetic_sign not in (-1, 1):
+            raise InputError(f"paramagnetic_sign {self.paramagnetic_sign} must be -1 or +1")
+        if self.b0_tesla <= 0 or self.te_s <= 0 or self.snr <= 0 or self.head_scale <= 0:
+            raise InputError("b0_tesla, te_s, snr and head_scale must be positive")
+        if min(self.n_cmb, self.n_calcifications, self.n_veins) < 0:
+            raise InputError("lesion and vein counts must not be negative")
+        if self.template_resolution_mm not in (1, 2):
+            raise InputError(f"template_resolution_mm {self.template_resolution_mm} must be 1 or 2")
+
+
+def _uniform(rng: np.random.Generator, lo: float, hi: float, decimals: int = 4) -> float:
+    return round(float(rng.uniform(lo, hi)), decimals)
+
+
+def _axial_orientation(rng: np.random.Generator, choices: tuple[str, ...]) -> str:
+    return str(choices[int(rng.integers(len(choices)))])
+
+
+def _any_orientation(rng: np.random.Generator) -> str:
+    """A random permutation of the three world axes, each pointing either way."""
+    pairs = [("R", "L"), ("A", "P"), ("S", "I")]
+    order = rng.permutation(3)
+    return "".join(pairs[a][int(rng.integers(2))] for a in order)
+
+
+def _voxel_sizes(orientation: str, in_plane: float, slice_mm: float, slice_world_axis: int) -> tuple[float, float, float]:
+    """Voxel edges in array order: the thick edge on the array axis that runs along the slice direction."""
+    return tuple(slice_mm if _AXIS_OF_CODE[c] == slice_world_axis else in_plane for c in orientation)  # type: ignore[return-value]
+
+
+def _lesion_count(rng: np.random.Generator, p_none: float, hi: int) -> int:
+    """Many real scans have no microbleed; the rest have a few."""
+    return 0 if rng.random() < p_none else int(rng.integers(1, hi + 1))
+
+
+def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParams:
+    """Draw one subject's acquisition and anatomy parameters for a preset.
+
+    ``tiny``: whole brain at 1.5x1.5x2.5 mm with a few lesions (fast workflow tests).
+    ``standard``: 3 T mostly, 0.8-1.0 mm in-plane, 1.6-2.0 mm slices, radians, always phase.
+    ``diverse``: wide ranges of resolution, field, TE, SNR, orientation, units, sign; ~20 %
+    magnitude-only (for training a detector that has to cope with any of it).
+    """
+    if preset == "tiny":
+        orientation = _axial_orientation(rng, ("RAS", "LAS", "LPS"))
+        return SubjectParams(
+            voxel_size_mm=_voxel_sizes(orientation, 1.5, 2.5, 2),
+            orientation=orientation,
+            b0_tesla=3.0,
+            te_s=_uniform(rng, 0.020, 0.025, 5),
+            snr=_uniform(rng, 20.0, 30.0, 2),
+            phase_units="rad",
+            paramagnetic_sign=-1,
+            has_phase=True,
+            n_cmb=int(rng.integers(2, 5)),
+            n_calcifications=1,
+            n_veins=4,
+            head_rotation_deg=(_uniform(rng, -6, 6, 2), _uniform(rng, -3, 3, 2), _uniform(rng, -3, 3, 2)),
+            head_scale=_uniform(rng, 0.88, 0.95),
+            head_shift_mm=tuple(_uniform(rng, -3, 3, 2) for _ in range(3)),  # type: ignore[arg-type]
+            cmb_diameter_mm=(2.5, 5.0),
+            deep_gm_chi_ppm=_uniform(rng, 0.05, 0.15),
+            bias_amplitude=_uniform(rng, 0.1, 0.25),
+            background_phase_rad=_uniform(rng, 3 * np.pi, 6 * np.pi),
+            template_resolution_mm=2,
+            field_grid_mm=3.0,
+        )
+    if preset == "standard":
+        orientation = _axial_orientation(rng, ("RAS", "LAS", "LPS", "LPI"))
+        return SubjectParams(
+            voxel_size_mm=_voxel_sizes(orientation, _uniform(rng, 0.8, 1.0, 2), _uniform(rng, 1.6, 2.0, 2), 2),
+            orientation=orientation,
+            b0_tesla=3.0 if rng.random() < 0.85 else 1.5,
+            te_s=_uniform(rng, 0.018, 0.030, 5),
+            snr=_uniform(rng, 15.0, 35.0, 2),
+            phase_units="rad",
+            paramagnetic_sign=-1,
+            has_phase=True,
+            n_cmb=_lesion_count(rng, 0.15, 10),
+            n_calcifications=int(rng.integers(0, 3)),
+            n_veins=int(rng.integers(8, 15)),
+            head_rotation_deg=(_uniform(rng, -12, 12, 2), _uniform(rng, -5, 5, 2), _uniform(rng, -5, 5, 2)),
+            head_scale=_uniform(rng, 0.85, 0.97),
+            head_shift_mm=tuple(_uniform(rng, -5, 5, 2) for _ in range(3)),  # type: ignore[arg-type]
+            cmb_diameter_mm=(2.0, 5.0),
+            deep_gm_chi_ppm=_uniform(rng, 0.05, 0.15),
+            bias_amplitude=_uniform(rng, 0.1, 0.3),
+            background_phase_rad=_uniform(rng, 3 * np.pi, 8 * np.pi),
+        )
+    if preset == "diverse":
+        orientation = _any_orientation(rng)
+        slice_world_axis = int(rng.choice(3, p=[0.2, 0.2, 0.6]))  # sagittal, coronal, axial slices
+        in_plane = _uniform(rng, 0.5, 1.0, 2)
+        slice_mm = _uniform(rng, 1.5, 3.0, 2)
+        oblique = (
+            (_uniform(rng, -15, 15, 2), _uniform(rng, -5, 5, 2), 0.0) if rng.random() < 0.3 else (0.0, 0.0, 0.0)
+        )
+        return SubjectParams(
+            voxel_size_mm=_voxel_sizes(orientation, in_plane, slice_mm, slice_world_axis),
+            orientation=orientation,
+            b0_tesla=3.0 if rng.random() < 0.5 else 1.5,
+            te_s=_uniform(rng, 0.015, 0.040, 5),
+            snr=_uniform(rng, 10.0, 40.0, 2),
+            phase_units="rad" if rng.random() < 0.5 else "arbitrary",
+            paramagnetic_sign=-1 if rng.random() < 0.5 else 1,
+            has_phase=bool(rng.random() >= 0.2),
+            n_cmb=_lesion_count(rng, 0.15, 15),
+            n_calcifications=int(rng.integers(0, 5)),
+            n_veins=int(rng.integers(6, 17)),
+            head_rotation_deg=(_uniform(rng, -15, 15, 2), _uniform(rng, -8, 8, 2), _uniform(rng, -8, 8, 2)),
+            head_scale=_uniform(rng, 0.8, 1.0),
+            head_shift_mm=tuple(_uniform(rng, -8, 8, 2) for _ in range(3)),  # type: ignore[arg-type]
+            oblique_deg=oblique,
+            cmb_diameter_mm=(1.0, 5.0),
+            deep_gm_chi_ppm=_uniform(rng, 0.05, 0.15),
+            bias_amplitude=_uniform(rng, 0.05, 0.4),
+            background_phase_rad=_uniform(rng, 2 * np.pi, 10 * np.pi),
+        )
+    raise InputError(f"unknown simulator preset {preset!r}", fix=f"use one of {', '.join(PRESETS)}")

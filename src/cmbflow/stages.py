@@ -1,0 +1,224 @@
+"""One function per workflow step: read the step's files, call the science, write its outputs.
+
+Each function validates what it reads (errors name the subject and the file), and writes every
+output atomically with a BIDS-Derivatives JSON sidecar, so a failed or killed job leaves nothing
+half-written behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from cmbflow import __version__, anat, phase
+from cmbflow.candidates import CandidateParams, find_candidates
+from cmbflow.classical import ClassicalParams, call_microbleeds as rule_calls, score_candidates
+from cmbflow.config import PhaseConfig
+from cmbflow.derivatives import sidecar
+from cmbflow.detections import read_detections, write_detections
+from cmbflow.errors import InputError
+from cmbflow.frst import resolve_device
+from cmbflow.image import (
+    atomic_path,
+    check_same_grid,
+    load_image,
+    read_sidecar,
+    save_image,
+    voxel_sizes,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _mask(path: str | Path, label: str) -> np.ndarray:
+    return load_image(path, subject=label).get_fdata() > 0.5
+
+
+def load_gre(path: str | Path, echo: str | int, label: str) -> nib.Nifti1Image:
+    """A 3D GRE volume; from a 4D file only when its sidecar lists one EchoTime per volume."""
+    img = load_image(path, subject=label, allow_4d=True)
+    if img.ndim == 3:
+        return img
+    times = read_sidecar(path).get("EchoTime")
+    if not isinstance(times, list) or len(times) != img.shape[3]:
+        raise InputError(
+            f"4D image of shape {img.shape} where a 3D volume is expected",
+            subject=label, path=path,
+            fix="split echoes into BIDS files with echo- entities, or list one EchoTime per volume in the sidecar",
+        )
+    index = phase.select_echo(img.shape[3], times, echo, subject=label, path=path)
+    log.info("%s: echo %d of %d (TE %.1f ms) from %s", label, index + 1, img.shape[3], times[index] * 1e3, path)
+    return img.slicer[..., index]
+
+
+def bias_correct(mag: str | Path, echo: str | int, out_image: str | Path, out_json: str | Path, label: str) -> None:
+    """N4 bias correction of the magnitude (also the first full check of the input file)."""
+    img = load_gre(mag, echo, label)
+    corrected = anat.n4_bias_correct(img)
+    save_image(corrected.get_fdata(dtype=np.float32), img.affine, out_image)
+    write_json(sidecar([mag], Description="N4 bias-corrected magnitude", SkullStripped=False), out_json)
+
+
+def make_brain_mask(
+    mag: str | Path, t1w: str | Path | None, out_mask: str | Path, out_json: str | Path, label: str
+) -> None:
+    """Brain mask on the magnitude grid."""
+    img = load_image(mag, subject=label)
+    t1w_img = load_image(t1w, subject=label) if t1w else None
+    mask = anat.brain_mask(img, t1w_img)
+    volume = anat.brain_volume_ml(mask, img.affine)
+    if volume < 300:  # an adult brain is 1000-1600 ml; far less means the mask failed
+        raise InputError(f"brain mask holds only {volume:.0f} ml", subject=label, path=mag,
+                         fix="check the image in a viewer (field of view, contrast, artefacts)")
+    save_image(mask, img.affine, out_mask, dtype=np.uint8)
+    write_json(
+        sidecar([t1w] if t1w else [], [mag], Type="Brain", BrainVolume_ml=round(volume, 1),
+                Method="T1w-based" if t1w else "magnitude-based"),
+        out_json,
+    )
+
+
+def register_to_template(
+    mag: str | Path,
+    mask: str | Path,
+    out_xfm: str | Path,
+    out_warped: str | Path,
+    out_json: str | Path,
+    label: str,
+) -> None:
+    """Affine registration of the skull-stripped magnitude to MNI152 (transform kept)."""
+    img = load_image(mag, subject=label)
+    with tempfile.TemporaryDirectory(prefix="cmbflow_reg_", dir=Path(out_xfm).parent.parent) as tmp:
+        result = anat.register_to_mni(img, _mask(mask, label), Path(tmp) / "reg_", transform="affine")
+        with atomic_path(out_xfm) as dst:
+            shutil.copyfile(result.transforms.affine, dst)
+    save_image(result.warped.get_fdata(dtype=np.float32), result.warped.affine, out_warped)
+    write_json(
+        sidecar([], [mag, mask], Description="ANTs affine transform (subject -> template)",
+                FromSpace="T2starw", ToSpace=anat.MNI_SPACE, Software="antspyx",
+                RegistrationSimilarity=round(result.similarity, 4),
+                SimilarityMetric="entropy correlation coefficient in the template brain"),
+        out_json,
+    )
+
+
+def preprocess_phase(
+    mag: str | Path,
+    phase_path: str | Path,
+    mask: str | Path,
+    echo: str | int,
+    out_hpphase: str | Path,
+    out_hpphase_json: str | Path,
+    out_swi: str | Path,
+    out_swi_json: str | Path,
+    params: PhaseConfig,
+    label: str,
+) -> None:
+    """Phase in radians, unwrapped and high-pass filtered; SWI from it and the magnitude."""
+    mag_img = load_image(mag, subject=label)
+    phase_img = load_gre(phase_path, echo, label)
+    check_same_grid(mag_img, phase_img, subject=label, path=phase_path)
+    brain = _mask(mask, label)
+    vox = voxel_sizes(mag_img.affine)
+    raw = phase_img.get_fdata(dtype=np.float32)
+    units = phase.detect_phase_units(raw, read_sidecar(phase_path), subject=label, path=phase_path)
+    unwrapped = phase.unwrap(phase.phase_to_radians(raw, units), brain)
+    hp = phase.highpass(unwrapped, brain, vox, params.highpass_sigma_mm)
+    swi = phase.swi(mag_img.get_fdata(dtype=np.float32), hp, params.paramagnetic_sign, params.swi_power)
+    save_image(hp, mag_img.affine, out_hpphase)
+    save_image(swi, mag_img.affine, out_swi)
+    write_json(sidecar([phase_path], [mask], Units="rad", InputUnits=units,
+                       HighPassSigma_mm=params.highpass_sigma_mm,
+                       Description="unwrapped, high-pass filtered phase"), out_hpphase_json)
+    write_json(sidecar([], [mag, out_hpphase], PhaseMaskPower=params.swi_power,
+                       ParamagneticPhase=params.paramagnetic_phase,
+                       Description="susceptibility-weighted image (magnitude x phase mask^power)"), out_swi_json)
+
+
+def detect_candidates(
+    image: str | Path,
+    mask: str | Path,
+    hpphase: str | Path | None,
+    out_tsv: str | Path,
+    out_json: str | Path,
+    params: CandidateParams,
+    classifier: ClassicalParams,
+    paramagnetic_sign: int,
+    device: str,
+    label: str,
+) -> None:
+    """Stage 1: every candidate with its features and classical microbleed probability."""
+    img = load_image(image, subject=label)
+    hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
+    torch_device = resolve_device(device)
+    table = find_candidates(img, _mask(mask, label), hp, params, device=torch_device,
+                            paramagnetic_sign=paramagnetic_sign)
+    table.insert(6, "probability", score_candidates(table, classifier).to_numpy())
+    log.info("%s: %d candidates on %s", label, len(table), torch_device)
+    write_detections(
+        table, out_tsv, out_json,
+        description="Microbleed candidates (stage 1: radial symmetry + threshold/shape) with features",
+        Device=torch_device.type,
+        **sidecar([], [image, mask] + ([hpphase] if hpphase else [])),
+    )
+
+
+def call_microbleeds(
+    candidates: str | Path, out_tsv: str | Path, out_json: str | Path, params: ClassicalParams, label: str
+) -> None:
+    """Final calls: the candidates that pass the classical rules."""
+    table = read_detections(candidates)
+    calls = table[rule_calls(table, params).to_numpy()].reset_index(drop=True)
+    log.info("%s: %d of %d candidates called microbleeds", label, len(calls), len(table))
+    write_detections(
+        calls, out_tsv, out_json,
+        description="Cerebral microbleed detections (final calls)",
+        **sidecar([], [candidates]),
+        Classifier="classical rules", ProbabilityThreshold=params.probability_threshold,
+    )
+
+
+def summarise_subject(
+    mag: str | Path,
+    mask_json: str | Path,
+    xfm_json: str | Path,
+    candidates: str | Path,
+    detections: str | Path,
+    source: str | Path,
+    has_phase: bool,
+    echo: int | None,
+    out_json: str | Path,
+    label: str,
+) -> None:
+    """One subject's row of the cohort summary (counts, acquisition, QC metrics)."""
+    meta = read_sidecar(source)
+    header = nib.load(mag).header
+    vox = voxel_sizes(nib.load(mag).affine)
+    subject, _, session = label.partition("_")
+    te = meta.get("EchoTime")
+    row = {
+        "participant_id": subject,
+        "session_id": session or None,
+        "n_cmb": len(read_detections(detections)),
+        "n_candidates": len(read_detections(candidates)),
+        "phase_used": bool(has_phase),
+        "echo": echo,
+        "echo_time_ms": round(float(te) * 1000, 3) if te is not None else None,
+        "field_strength_t": meta.get("MagneticFieldStrength"),
+        "voxel_size_x_mm": round(float(vox[0]), 4),
+        "voxel_size_y_mm": round(float(vox[1]), 4),
+        "voxel_size_z_mm": round(float(vox[2]), 4),
+        "matrix": "x".join(str(s) for s in header.get_data_shape()[:3]),
+        "brain_volume_ml": json.loads(Path(mask_json).read_text())["BrainVolume_ml"],
+        "registration_similarity": json.loads(Path(xfm_json).read_text())["RegistrationSimilarity"],
+        "source": str(source),
+        "cmbflow_version": __version__,
+    }
+    write_json(row, out_json)

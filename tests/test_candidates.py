@@ -1,0 +1,108 @@
+"""Candidate generation and features on a synthetic anisotropic, LPS-ordered volume."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from cmbflow.candidates import CANDIDATE_COLUMNS, CandidateParams, find_candidates, phase_dipole
+from cmbflow.evaluate import match_detections
+from cmbflow.image import ijk_to_xyz, voxel_sizes
+
+AFFINE = np.array([
+    [-0.9, 0.0, 0.0, 36.0],
+    [0.0, -0.9, 0.0, 30.0],
+    [0.0, 0.0, 1.8, -36.0],
+    [0.0, 0.0, 0.0, 1.0],
+])
+SHAPE = (80, 76, 40)
+SPHERES_XYZ = np.array([[10.0, 12.0, -20.0], [-12.0, 10.0, -8.0], [12.0, -14.0, 4.0], [-10.0, -12.0, 16.0], [0.0, 2.0, 26.0]])
+DIAMETERS_MM = np.array([2.0, 3.0, 4.0, 5.0, 6.0])
+TUBE_X, TUBE_Z = -22.0, 0.0  # a 1.6 mm wide vessel along world y through the whole volume
+
+
+def world_grid() -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), axis=-1).reshape(-1, 3)
+    return ijk_to_xyz(AFFINE, ijk).reshape(*SHAPE, 3)
+
+
+def synthetic_scan(seed: int = 0) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Dark spheres and a dark tube (partial-volumed) on a biased, noisy background."""
+    xyz = world_grid()
+    darkness = np.zeros(SHAPE)
+    for centre, diameter in zip(SPHERES_XYZ, DIAMETERS_MM):
+        dist = np.linalg.norm(xyz - centre, axis=-1)
+        darkness = np.maximum(darkness, 0.7 * np.clip(diameter / 2 + 0.5 - dist, 0, 1))
+    tube = np.hypot(xyz[..., 0] - TUBE_X, xyz[..., 2] - TUBE_Z)
+    darkness = np.maximum(darkness, 0.6 * np.clip(0.8 + 0.5 - tube, 0, 1))
+    bias = 1.0 + 0.2 * xyz[..., 0] / 40.0
+    rng = np.random.default_rng(seed)
+    data = 300.0 * bias * (1.0 - darkness) + 9.0 * rng.standard_normal(SHAPE)
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[3:-3, 3:-3, 2:-2] = True
+    return nib.Nifti1Image(data.astype(np.float32), AFFINE), mask
+
+
+@pytest.fixture(scope="module")
+def candidates() -> "pd.DataFrame":  # noqa: F821
+    image, mask = synthetic_scan()
+    return find_candidates(image, mask, None, CandidateParams())
+
+
+def test_every_sphere_is_a_candidate_at_its_world_position(candidates) -> None:
+    assert list(candidates.columns) == list(CANDIDATE_COLUMNS)
+    match = match_detections(candidates[["x", "y", "z"]], SPHERES_XYZ, DIAMETERS_MM / 2, voxel_sizes(AFFINE))
+    assert match.false_negatives == 0
+    assert np.all(match.distances_mm < 1.0)
+    # voxel indices and world coordinates describe the same place
+    assert np.allclose(ijk_to_xyz(AFFINE, candidates[["i", "j", "k"]]), candidates[["x", "y", "z"]], atol=2.0)
+
+
+def test_spheres_are_round_and_sized_and_the_tube_is_not(candidates) -> None:
+    xyz = candidates[["x", "y", "z"]].to_numpy()
+    for centre, diameter in zip(SPHERES_XYZ, DIAMETERS_MM):
+        row = candidates.iloc[np.argmin(np.linalg.norm(xyz - centre, axis=1))]
+        assert row["elongation"] < 2.0
+        assert row["contrast"] > 0.5
+        if diameter >= 3:
+            assert row["roundness"] > 0.45
+            assert row["radius_mm"] == pytest.approx(diameter / 2, abs=0.75)
+    on_tube = np.hypot(xyz[:, 0] - TUBE_X, xyz[:, 2] - TUBE_Z) < 2.0
+    assert on_tube.sum() <= 3
+    assert np.all(candidates.loc[on_tube, "elongation"] > 3.0)
+    assert np.all(candidates.loc[on_tube, "roundness"] < 0.3)
+    assert len(candidates) <= len(SPHERES_XYZ) + 3
+
+
+def test_no_candidates_outside_mask_and_edge_distance(candidates) -> None:
+    image, mask = synthetic_scan()
+    assert mask[tuple(candidates[["i", "j", "k"]].to_numpy().T)].all()
+    assert (candidates["edge_distance_mm"] > 0).all()
+    assert candidates["phase_dipole"].isna().all()
+
+
+def test_empty_scan_gives_empty_table() -> None:
+    rng = np.random.default_rng(3)
+    data = (100.0 + rng.standard_normal(SHAPE)).astype(np.float32)
+    table = find_candidates(nib.Nifti1Image(data, AFFINE), np.ones(SHAPE, bool), None, CandidateParams())
+    assert table.empty and list(table.columns) == list(CANDIDATE_COLUMNS)
+
+
+@pytest.mark.parametrize("axes", [(0, 1, 2), (2, 0, 1)])
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_phase_dipole_sign_follows_susceptibility(axes: tuple[int, int, int], sign: int) -> None:
+    # Field of a magnetised sphere (~ (3cos^2 - 1) / r^3 around world z) on a grid whose array
+    # axes may be permuted; phase = sign * field for a paramagnetic source.
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([0.9, 0.9, 1.8])[:, list(axes)]
+    shape = tuple(np.array([40, 40, 20])[list(axes)])
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    centre_ijk = (np.array(shape) - 1) / 2
+    offset = ijk_to_xyz(affine, ijk) - ijk_to_xyz(affine, centre_ijk)
+    r = np.maximum(np.linalg.norm(offset, axis=1), 1.0)
+    field = (3 * (offset[:, 2] / r) ** 2 - 1) / r**3
+    for chi, expected in ((+1.0, 1.0), (-1.0, -1.0)):  # paramagnetic bleed, diamagnetic calcification
+        phase = (sign * chi * 2.0 * field).reshape(shape)
+        value = phase_dipole(phase, centre_ijk, affine, 1.5, 5.0, paramagnetic_sign=sign)
+        assert np.sign(value) == expected and abs(value) > 0.01

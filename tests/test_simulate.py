@@ -1,0 +1,258 @@
+"""The cohort simulator: determinism, truth geometry, phase physics, blooming, units, BIDS output."""
+
+import dataclasses
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage as ndi
+
+from cmbflow.errors import InputError
+from cmbflow.image import ijk_to_xyz, voxel_sizes, xyz_to_ijk
+from cmbflow.simulate import PRESETS, SubjectParams, sample_subject_params, simulate_cohort, simulate_subject
+from cmbflow.simulate.anatomy import LESION_GAP_MM, lesion_region
+from cmbflow.simulate.physics import dipole_field, sphere_field
+from cmbflow.simulate.subject import TRUTH_COLUMNS
+
+SEED = [7, 2]
+
+
+def lesion_params(**changes) -> SubjectParams:
+    """Tiny subject on a non-RAS grid with big lesions; no veins or air cavities, whose fields
+    would add curvature to the phase around a lesion."""
+    base = sample_subject_params(np.random.default_rng([7, 1]), "tiny")
+    settings = dict(
+        orientation="PSR", voxel_size_mm=(1.5, 2.5, 1.5), te_s=0.02, snr=40.0, phase_units="arbitrary",
+        n_cmb=3, n_calcifications=2, n_veins=0, cmb_diameter_mm=(4.0, 5.0), cmb_chi_ppm=(0.8, 1.0),
+        calcification_diameter_mm=(3.5, 4.0), calcification_chi_ppm=(-0.6, -0.5), air_cavities=False,
+    )
+    return dataclasses.replace(base, **{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return simulate_subject(lesion_params(), np.random.default_rng(SEED))
+
+
+@pytest.fixture(scope="module")
+def subject_long_te():
+    return simulate_subject(lesion_params(te_s=0.04), np.random.default_rng(SEED))
+
+
+def neighbourhood(volume, affine, xyz, radius_mm):
+    """Values of ``volume`` and their distances (mm) from ``xyz`` for voxels within ``radius_mm``."""
+    centre = xyz_to_ijk(affine, xyz)[0]
+    half = np.ceil(radius_mm / voxel_sizes(affine)).astype(int) + 1
+    lo = np.maximum(np.floor(centre).astype(int) - half, 0)
+    hi = np.minimum(np.floor(centre).astype(int) + half + 1, volume.shape)
+    ijk = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1).reshape(-1, 3)
+    dist = np.linalg.norm(ijk_to_xyz(affine, ijk) - np.asarray(xyz), axis=1)
+    keep = dist <= radius_mm
+    return volume[tuple(ijk[keep].T)], dist[keep], ijk[keep]
+
+
+def local_tissue(magnitude, affine, xyz):
+    values, dist, _ = neighbourhood(magnitude, affine, xyz, 16.0)
+    return float(np.median(values[dist >= 11.0]))
+
+
+def dark_voxels(magnitude, affine, xyz, fraction=0.5):
+    """Voxels within 9 mm of ``xyz`` darker than ``fraction`` of the surrounding tissue."""
+    values, dist, _ = neighbourhood(magnitude, affine, xyz, 9.0)
+    return int((values < fraction * local_tissue(magnitude, affine, xyz)).sum())
+
+
+def complex_image(sub):
+    phase = sub.phase.astype(np.float64)
+    if sub.params.phase_units == "arbitrary":
+        phase *= np.pi / 4096
+    return sub.magnitude * np.exp(1j * phase)
+
+
+def test_sampling_is_deterministic_and_within_preset_ranges():
+    for preset in PRESETS:
+        first = [sample_subject_params(np.random.default_rng([3, i]), preset) for i in range(1, 40)]
+        again = [sample_subject_params(np.random.default_rng([3, i]), preset) for i in range(1, 40)]
+        assert first == again
+    standard = [sample_subject_params(np.random.default_rng([3, i]), "standard") for i in range(1, 60)]
+    for p in standard:
+        in_plane, thick = sorted(p.voxel_size_mm)[0], max(p.voxel_size_mm)
+        assert 0.8 <= in_plane <= 1.0 and 1.6 <= thick <= 2.0
+        assert 0.018 <= p.te_s <= 0.030 and 15 <= p.snr <= 35 and p.phase_units == "rad" and p.has_phase
+    assert {p.b0_tesla for p in standard} == {1.5, 3.0}
+    diverse = [sample_subject_params(np.random.default_rng([3, i]), "diverse") for i in range(1, 80)]
+    assert {p.phase_units for p in diverse} == {"rad", "arbitrary"}
+    assert {p.paramagnetic_sign for p in diverse} == {-1, 1}
+    assert 0.05 < np.mean([not p.has_phase for p in diverse]) < 0.4
+    assert len({p.orientation for p in diverse}) > 10
+    assert all(0.015 <= p.te_s <= 0.040 and 10 <= p.snr <= 40 for p in diverse)
+    with pytest.raises(InputError, match="orientation"):
+        dataclasses.replace(standard[0], orientation="RRS")
+    with pytest.raises(InputError, match="preset"):
+        sample_subject_params(np.random.default_rng(0), "huge")
+
+
+def test_dipole_field_matches_the_analytic_sphere_on_an_anisotropic_grid():
+    """Guards the axis-0/1 voxel-size swap that works around qsm-forward's kernel."""
+    vs = np.array([0.4, 0.8, 0.6])
+    shape = (80, 40, 56)
+    axes = [(np.arange(n) - n / 2) * v for n, v in zip(shape, vs)]
+    sub = np.linspace(-0.375, 0.375, 4)
+    occupancy = np.zeros(shape)
+    for dx in sub:  # supersampled, so the discrete sphere has the right moment
+        for dy in sub:
+            for dz in sub:
+                x, y, z = (a + d * v for a, d, v in zip(axes, (dx, dy, dz), vs))
+                occupancy += (x[:, None, None] ** 2 + y[None, :, None] ** 2 + z[None, None, :] ** 2) < 3.0**2
+    occupancy /= 64
+    offsets = (axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :])
+    r = np.sqrt(sum(o**2 for o in offsets))
+    shell = (r > 4.5) & (r < 10.0)
+    # Oblique B0 is held to a looser bound: the discrete k-space kernel itself errs more there.
+    for b0, bound in (([0, 0, 1], 0.02), ([1, 0, 0], 0.02), ([0, 1, 0], 0.02), ([0.6, 0, 0.8], 0.08)):
+        error = dipole_field(occupancy, vs, b0) - sphere_field(offsets, 3.0, 1.0, b0)
+        rms = np.sqrt(np.mean(error[shell] ** 2) / np.mean(sphere_field(offsets, 3.0, 1.0, b0)[shell] ** 2))
+        assert rms < bound, (b0, rms)
+
+
+def test_same_seed_gives_identical_subject(subject):
+    again = simulate_subject(lesion_params(), np.random.default_rng(SEED))
+    assert np.array_equal(subject.magnitude, again.magnitude)
+    assert np.array_equal(subject.phase, again.phase)
+    assert np.array_equal(subject.affine, again.affine)
+    pd.testing.assert_frame_equal(subject.lesions, again.lesions)
+
+
+def test_truth_is_in_world_coordinates_of_a_non_ras_grid(subject):
+    assert nib.aff2axcodes(subject.affine) == ("P", "S", "R")
+    assert np.allclose(voxel_sizes(subject.affine), (1.5, 2.5, 1.5))
+    truth = subject.lesions
+    assert list(truth.columns) == TRUTH_COLUMNS
+    assert (truth.kind == "cmb").sum() == 3 and (truth.kind == "calcification").sum() == 2
+    xyz, ijk = truth[["x", "y", "z"]].to_numpy(), truth[["i", "j", "k"]].to_numpy()
+    assert np.allclose(ijk_to_xyz(subject.affine, ijk), xyz, atol=1e-6)
+    assert set(truth.region) <= {"lobar", "deep", "infratentorial"}
+    assert list(truth.hemisphere) == ["L" if x < 0 else "R" for x in truth.mni_x]
+    assert list(truth.region) == list(lesion_region(truth[["mni_x", "mni_y", "mni_z"]].to_numpy()))
+    assert all(subject.brain_mask[tuple(np.round(p).astype(int))] for p in ijk)
+    gaps = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1) - (truth.diameter_mm.to_numpy()[:, None] + truth.diameter_mm.to_numpy()[None]) / 2
+    assert gaps[~np.eye(len(truth), dtype=bool)].min() >= LESION_GAP_MM - 1e-6
+
+
+def test_each_lesion_is_a_dark_spot_centred_on_its_truth_position(subject):
+    mag = subject.magnitude
+    for row in subject.lesions.itertuples():
+        xyz = np.array([row.x, row.y, row.z])
+        tissue = local_tissue(mag, subject.affine, xyz)
+        values, dist, ijk = neighbourhood(mag, subject.affine, xyz, 8.0)
+        assert values[dist < 2.0].min() < 0.5 * tissue, row
+        darkness = np.clip(0.5 * tissue - values, 0, None)  # darkness-weighted centre of the spot
+        centre = (ijk_to_xyz(subject.affine, ijk) * darkness[:, None]).sum(0) / darkness.sum()
+        assert np.linalg.norm(centre - xyz) < 1.5, row
+
+
+def test_cmb_and_calcification_have_opposite_phase_dipoles_along_b0(subject):
+    """Paramagnetic CMB: field up at the poles (along world z) and down at the equator; the
+    default sign (-1) makes that negative phase at the poles. Calcifications do the opposite."""
+    signal = complex_image(subject)
+    real, imag = signal.real, signal.imag
+
+    def at(xyz):
+        ijk = xyz_to_ijk(subject.affine, xyz).T
+        return ndi.map_coordinates(real, ijk, order=1) + 1j * ndi.map_coordinates(imag, ijk, order=1)
+
+    for row in subject.lesions.itertuples():
+        centre = np.array([row.x, row.y, row.z])
+        r = 1.25 * row.diameter_mm  # 2.5 radii: outside the dark core, phase still large, no wrap
+        poles = at(centre + np.array([[0, 0, r], [0, 0, -r]])).prod()
+        sign = subject.params.paramagnetic_sign
+        expected = sign if row.kind == "cmb" else -sign
+        for across in ([r, 0, 0], [0, r, 0]):
+            equator = at(centre + np.array([across, np.negative(across)])).prod()
+            # Opposite points pair up, so a linearly varying background phase cancels.
+            difference = np.angle(poles * np.conj(equator))
+            assert np.sign(difference) == expected and abs(difference) > 0.3, (row, difference)
+
+
+def test_blooming_grows_with_echo_time(subject, subject_long_te):
+    cmbs = subject.lesions[subject.lesions.kind == "cmb"]
+    short = sum(dark_voxels(subject.magnitude, subject.affine, np.array([r.x, r.y, r.z])) for r in cmbs.itertuples())
+    long = sum(dark_voxels(subject_long_te.magnitude, subject.affine, np.array([r.x, r.y, r.z])) for r in cmbs.itertuples())
+    pd.testing.assert_frame_equal(subject.lesions, subject_long_te.lesions)
+    assert long > 1.3 * short > 0
+
+
+def test_arbitrary_phase_units_are_int16_scanner_values(subject):
+    assert subject.phase.dtype == np.int16
+    assert subject.phase.min() >= -4096 and subject.phase.max() <= 4095
+    assert subject.phase.min() < -4000 and subject.phase.max() > 4000  # the background wraps
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    """The same one-subject cohort written without and with sessions."""
+    out = {}
+    for sessions in (False, True):
+        out[sessions] = tmp_path_factory.mktemp(f"sessions-{sessions}")
+        assert simulate_cohort(out[sessions], 1, seed=5, preset="tiny", sessions=sessions) == ["sub-001"]
+    return out
+
+
+@pytest.mark.parametrize("sessions", [False, True])
+def test_cohort_writes_bids_names_and_truth(cohorts, sessions):
+    root = cohorts[sessions]
+    sub = "sub-001/ses-01" if sessions else "sub-001"
+    prefix = "sub-001_ses-01" if sessions else "sub-001"
+    truth_dir = root / "derivatives" / "simulation" / sub / "anat"
+    expected = {
+        "dataset_description.json", "participants.tsv", "README",
+        f"{sub}/anat/{prefix}_part-mag_T2starw.nii.gz", f"{sub}/anat/{prefix}_part-mag_T2starw.json",
+        f"{sub}/anat/{prefix}_part-phase_T2starw.nii.gz", f"{sub}/anat/{prefix}_part-phase_T2starw.json",
+        "derivatives/simulation/dataset_description.json",
+        f"derivatives/simulation/{sub}/anat/{prefix}_desc-truth_lesions.tsv",
+        f"derivatives/simulation/{sub}/anat/{prefix}_desc-brain_mask.nii.gz",
+        f"derivatives/simulation/{sub}/anat/{prefix}_desc-truth_params.json",
+    }
+    assert {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} == expected
+
+    description = json.loads((root / "dataset_description.json").read_text())
+    assert description["BIDSVersion"] == "1.10.0" and description["DatasetType"] == "raw"
+    assert description["GeneratedBy"][0]["Name"] == "cmbflow simulator" and description["Name"]
+    truth_description = json.loads((root / "derivatives/simulation/dataset_description.json").read_text())
+    assert truth_description["DatasetType"] == "derivative"
+    assert (root / "participants.tsv").read_text() == "participant_id\nsub-001\n"
+
+    anat = root / sub / "anat"
+    mag_sidecar = json.loads((anat / f"{prefix}_part-mag_T2starw.json").read_text())
+    phase_sidecar = json.loads((anat / f"{prefix}_part-phase_T2starw.json").read_text())
+    params = json.loads((truth_dir / f"{prefix}_desc-truth_params.json").read_text())
+    assert mag_sidecar == {"EchoTime": params["params"]["te_s"], "MagneticFieldStrength": 3.0,
+                           "Manufacturer": "cmbflow-simulator"}
+    assert phase_sidecar == {**mag_sidecar, "Units": "rad"}
+    assert 0.015 <= mag_sidecar["EchoTime"] <= 0.04
+
+    mag = nib.load(anat / f"{prefix}_part-mag_T2starw.nii.gz")
+    phase = nib.load(anat / f"{prefix}_part-phase_T2starw.nii.gz")
+    mask = nib.load(truth_dir / f"{prefix}_desc-brain_mask.nii.gz")
+    assert mag.get_data_dtype() == np.float32 and phase.get_data_dtype() == np.float32
+    assert np.array_equal(mag.affine, phase.affine) and np.array_equal(mag.affine, mask.affine)
+    assert np.allclose(mag.affine, params["affine"], atol=1e-5)
+    values = np.asarray(phase.dataobj)
+    assert values.min() >= -np.pi and values.max() < np.pi
+    assert 900 < np.asarray(mask.dataobj).sum() * np.prod(voxel_sizes(mask.affine)) / 1000 < 2000
+
+    truth = pd.read_csv(truth_dir / f"{prefix}_desc-truth_lesions.tsv", sep="\t")
+    assert list(truth.columns) == TRUTH_COLUMNS and len(truth) >= 2
+    xyz = ijk_to_xyz(mag.affine, truth[["i", "j", "k"]].to_numpy())
+    assert np.allclose(xyz, truth[["x", "y", "z"]].to_numpy(), atol=1e-3)
+
+
+def test_cohort_files_are_byte_identical_across_runs(cohorts):
+    """Two runs with the same seed (here one with sessions) write the same bytes."""
+    plain, with_sessions = cohorts[False], cohorts[True]
+    for path in plain.rglob("sub-001_*"):
+        twin = with_sessions / str(path.relative_to(plain)).replace("sub-001/", "sub-001/ses-01/").replace(
+            "sub-001_", "sub-001_ses-01_")
+        assert path.read_bytes() == twin.read_bytes(), path

@@ -1,0 +1,139 @@
+"""The whole workflow on a tiny simulated cohort: outputs, cohort tables, bad input, reruns."""
+
+import gzip
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmbflow.simulate import simulate_cohort
+
+pytestmark = pytest.mark.workflow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def snakemake(bids: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(out),
+           "--cores", "2", "--config", f"bids_dir={bids}", f"output_dir={out}", *extra]
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """Three tiny subjects; sub-003 without phase (magnitude-only)."""
+    bids = tmp_path_factory.mktemp("bids")
+    simulate_cohort(bids, 3, seed=11, preset="tiny")
+    for f in (bids / "sub-003" / "anat").glob("*part-phase*"):
+        f.unlink()
+    return bids
+
+
+@pytest.fixture(scope="module")
+def run(cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("derivatives")
+    result = snakemake(cohort, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_per_subject_outputs(run):
+    for sub in ("sub-001", "sub-002", "sub-003"):
+        anat = run / sub / "anat"
+        for desc in ("candidates", "cmb"):
+            table = pd.read_csv(anat / f"{sub}_desc-{desc}_detections.tsv", sep="\t")
+            assert list(table.columns[:9]) == ["x", "y", "z", "i", "j", "k", "probability", "radius_mm", "volume_mm3"]
+            sidecar = json.loads((anat / f"{sub}_desc-{desc}_detections.json").read_text())
+            assert sidecar["x"]["Units"] == "mm" and sidecar["Sources"]
+        assert (anat / f"{sub}_desc-brain_mask.nii.gz").exists()
+        assert (run / sub / "xfm" / f"{sub}_from-T2starw_to-MNI152NLin2009aAsym_mode-image_xfm.mat").exists()
+    assert (run / "sub-001" / "anat" / "sub-001_desc-swi_T2starw.nii.gz").exists()
+    assert not (run / "sub-003" / "anat" / "sub-003_desc-swi_T2starw.nii.gz").exists()
+    description = json.loads((run / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative" and description["GeneratedBy"][0]["Name"] == "cmbflow"
+
+
+def test_detections_are_world_coordinates_of_the_input(run, cohort):
+    """x y z must equal the input magnitude's affine applied to i j k."""
+    table = pd.read_csv(run / "sub-001" / "anat" / "sub-001_desc-candidates_detections.tsv", sep="\t")
+    affine = nib.load(cohort / "sub-001" / "anat" / "sub-001_part-mag_T2starw.nii.gz").affine
+    xyz = nib.affines.apply_affine(affine, table[["i", "j", "k"]].to_numpy())
+    assert len(table) and np.allclose(xyz, table[["x", "y", "z"]].to_numpy(), atol=1e-3)
+
+
+def test_cohort_tables(run):
+    summary = pd.read_csv(run / "group" / "cohort_summary.csv")
+    assert list(summary.participant_id) == ["sub-001", "sub-002", "sub-003"]
+    assert list(summary.phase_used) == [True, True, False]
+    assert summary.brain_volume_ml.between(900, 2000).all()
+    assert summary.registration_similarity.between(0, 1).all()
+    assert (summary.field_strength_t > 0).all() and (summary.echo_time_ms > 0).all()
+    detections = pd.read_csv(run / "group" / "cohort_detections.csv")
+    per_subject = detections.groupby("participant_id").size().reindex(summary.participant_id, fill_value=0)
+    assert list(per_subject) == list(summary.n_cmb)
+    assert summary.n_cmb.sum() > 0
+
+
+def test_broken_subject_keeps_others_going_and_reruns_only_itself(cohort, tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(cohort, bids)
+    broken = bids / "sub-002" / "anat" / "sub-002_part-mag_T2starw.nii.gz"
+    original = broken.read_bytes()
+    broken.write_bytes(gzip.compress(gzip.decompress(original)[:50_000]))  # truncated transfer
+    out = tmp_path / "out"
+
+    result = snakemake(bids, out, "--keep-going")
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cmbflow error:")]
+    assert errors == [f"cmbflow error: sub-002: {broken}: not a readable NIfTI image "
+                      + errors[0].split("not a readable NIfTI image ", 1)[1]]
+    assert (out / "sub-001" / "anat" / "sub-001_desc-cmb_detections.tsv").exists()
+    assert (out / "sub-003" / "anat" / "sub-003_desc-cmb_detections.tsv").exists()
+    assert not list((out / "sub-002").rglob("*.nii.gz")) if (out / "sub-002").exists() else True
+
+    broken.write_bytes(original)
+    planned = snakemake(bids, out, "--dry-run")
+    planned = planned.stdout + planned.stderr
+    assert set(re.findall(r"subject=(\w+)", planned)) == {"002"}
+    assert "rule cohort" in planned
+    assert snakemake(bids, out).returncode == 0
+    assert len(pd.read_csv(out / "group" / "cohort_summary.csv")) == 3
+
+
+def test_mismatched_phase_grid_is_named(cohort, tmp_path):
+    bids = tmp_path / "bids"
+    shutil.copytree(cohort, bids, ignore=shutil.ignore_patterns("sub-003", "derivatives"))
+    phase = bids / "sub-001" / "anat" / "sub-001_part-phase_T2starw.nii.gz"
+    img = nib.load(phase)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine, img.header), phase)
+    result = snakemake(bids, tmp_path / "out", "--keep-going")
+    assert result.returncode != 0
+    assert f"cmbflow error: sub-001: {phase}: grid" in result.stderr
+    assert (tmp_path / "out" / "sub-002" / "anat" / "sub-002_desc-cmb_detections.tsv").exists()
+
+
+def test_lint_clean(cohort, tmp_path):
+    result = snakemake(cohort, tmp_path / "out", "--lint")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_bids_app_cli_passes_arguments_to_snakemake(cohort, tmp_path):
+    cmd = [sys.executable, "-m", "cmbflow.cli", str(cohort), str(tmp_path / "out"), "participant",
+           "--participant-label", "002", "--dry-run"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert set(re.findall(r"subject=(\w+)", result.stdout + result.stderr)) == {"002"}
+
+
+def test_unknown_participant_is_a_clear_error(cohort, tmp_path):
+    result = snakemake(cohort, tmp_path / "out", "participant_label=[999]", "--dry-run")
+    assert result.returncode != 0
+    assert "no magnitude images found for participant(s) 999" in result.stderr
