@@ -1,8 +1,8 @@
 """Tune and evaluate the candidate generator and the rule-based detector on simulated subjects.
 
 Simulates (once, cached under ``--work``) a tuning cohort and a held-out cohort, runs a simple
-preprocessing (true brain mask; phase unwrapped, high-passed and turned into SWI with
-:mod:`cmbflow.phase`), generates candidates and prints:
+preprocessing (true brain mask; phase unwrapped and high-passed with :mod:`cmbflow.phase`;
+candidates found on the magnitude, or with ``--image swi`` on the SWI), and prints:
 
 * candidate recall and candidates per scan;
 * feature quantiles of candidates that are / are not true microbleeds (to read cut-offs from);
@@ -19,6 +19,7 @@ import argparse
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -33,11 +34,11 @@ FEATURES = ["radius_mm", "contrast", "roundness", "elongation", "frst", "phase_d
 
 #: Cut-offs the coordinate search may move, with the values it tries.
 SEARCH: dict[str, list[float]] = {
-    "min_contrast": [0.2, 0.25, 0.3, 0.35, 0.4, 0.45],
-    "min_roundness": [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5],
-    "max_elongation": [1.6, 1.8, 2.0, 2.3, 2.6, 3.0],
-    "min_frst": [0.0, 0.02, 0.03, 0.05, 0.08, 0.12],
-    "min_phase_dipole": [-0.05, 0.0, 0.02, 0.05, 0.1, 0.2],
+    "min_contrast": [0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75],
+    "min_roundness": [0.25, 0.3, 0.35, 0.4, 0.45, 0.5],
+    "max_elongation": [1.6, 1.8, 2.0, 2.3, 2.6],
+    "min_frst": [0.0, 0.005, 0.01, 0.015, 0.02, 0.03],
+    "min_phase_dipole": [-0.05, 0.0, 0.05, 0.1, 0.2, 0.3],
     "min_edge_distance_mm": [0.0, 1.0, 2.0, 3.0, 5.0],
     "min_diameter_mm": [1.0, 1.5, 2.0, 2.5, 3.0],
     "max_diameter_mm": [8.0, 10.0, 12.0],
@@ -52,32 +53,35 @@ def simulated(work: Path, seed: int, n: int) -> Path:
     return root
 
 
-def subject_candidates(root: Path, subject: str, cache: Path) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+def subject_candidates(
+    root: Path, subject: str, cache: Path, image_kind: str
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
     """Candidates (cached TSV), the truth table and the voxel size of one simulated subject."""
     anat = root / subject / "anat"
     deriv = root / "derivatives" / "simulation" / subject / "anat"
     truth = pd.read_csv(deriv / f"{subject}_desc-truth_lesions.tsv", sep="\t")
     mag = load_image(anat / f"{subject}_part-mag_T2starw.nii.gz", subject=subject)
     sizes = voxel_sizes(mag.affine)
-    out = cache / f"{subject}_candidates.tsv"
+    out = cache / f"{subject}_image-{image_kind}_candidates.tsv"
     if out.exists():
         return pd.read_csv(out, sep="\t"), truth, sizes
     mask = load_image(deriv / f"{subject}_desc-brain_mask.nii.gz", subject=subject).get_fdata() > 0.5
     phase = load_image(anat / f"{subject}_part-phase_T2starw.nii.gz", subject=subject).get_fdata(dtype=np.float32)
     hp = highpass(unwrap(phase, mask), mask, sizes)
-    image = mag.__class__(swi(mag.get_fdata(dtype=np.float32), hp), mag.affine)
-    table = find_candidates(image, mask, hp, CandidateParams(), device="cpu")
+    if image_kind == "swi":
+        mag = nib.Nifti1Image(swi(mag.get_fdata(dtype=np.float32), hp), mag.affine)
+    table = find_candidates(mag, mask, hp, CandidateParams(), device="cpu")
     cache.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, sep="\t", index=False)
     return table, truth, sizes
 
 
-def cohort_candidates(root: Path, cache: Path) -> list[tuple[str, pd.DataFrame, pd.DataFrame, np.ndarray]]:
+def cohort_candidates(root: Path, cache: Path, image_kind: str) -> list[tuple[str, pd.DataFrame, pd.DataFrame, np.ndarray]]:
     subjects = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
     scans = []
     for subject in subjects:
         start = time.perf_counter()
-        table, truth, sizes = subject_candidates(root, subject, cache)
+        table, truth, sizes = subject_candidates(root, subject, cache, image_kind)
         scans.append((subject, table, truth, sizes))
         print(f"  {subject}: {len(table)} candidates, {int((truth['kind'] == 'cmb').sum())} bleeds "
               f"({time.perf_counter() - start:.1f} s)", flush=True)
@@ -163,13 +167,15 @@ def main() -> None:
     parser.add_argument("--test-seed", type=int, default=200)
     parser.add_argument("--n-test", type=int, default=10)
     parser.add_argument("--max-fp", type=float, default=1.0, help="FP/scan budget of the search")
+    parser.add_argument("--image", choices=("mag", "swi"), default="mag",
+                        help="image the candidates are found on (phase is always used for the dipole)")
     args = parser.parse_args()
 
     sets = {}
     for name, seed, n in (("tune", args.tune_seed, args.n_tune), ("test", args.test_seed, args.n_test)):
         print(f"{name} cohort: seed {seed}, {n} standard subjects", flush=True)
         root = simulated(args.work, seed, n)
-        sets[name] = cohort_candidates(root, args.work / "candidates" / root.name)
+        sets[name] = cohort_candidates(root, args.work / "candidates" / root.name, args.image)
 
     labelled = label_candidates(sets["tune"])
     pd.set_option("display.width", 160)

@@ -106,3 +106,20 @@ def test_phase_dipole_sign_follows_susceptibility(axes: tuple[int, int, int], si
         phase = (sign * chi * 2.0 * field).reshape(shape)
         value = phase_dipole(phase, centre_ijk, affine, 1.5, 5.0, paramagnetic_sign=sign)
         assert np.sign(value) == expected and abs(value) > 0.01
+
+
+def test_bleed_inside_a_darker_nucleus_is_measured_against_its_own_surroundings() -> None:
+    # A 4 mm bleed in the middle of a 16 mm wide dark (iron-rich) band: the band must neither
+    # swallow the bleed's region nor dilute its contrast.
+    xyz = world_grid()
+    band = np.abs(xyz[..., 0]) < 8.0
+    bleed = np.linalg.norm(xyz - np.array([0.0, 0.0, 0.0]), axis=-1)
+    data = np.where(band, 0.55, 1.0) * (1.0 - 0.9 * np.clip(2.0 + 0.5 - bleed, 0, 1))
+    data = 300.0 * data + 6.0 * np.random.default_rng(2).standard_normal(SHAPE)
+    mask = np.ones(SHAPE, dtype=bool)
+    table = find_candidates(nib.Nifti1Image(data.astype(np.float32), AFFINE), mask, None, CandidateParams())
+    row = table.iloc[np.argmin(np.linalg.norm(table[["x", "y", "z"]].to_numpy(), axis=1))]
+    assert np.linalg.norm(row[["x", "y", "z"]].to_numpy(float)) < 1.0
+    assert row["contrast"] > 0.75
+    assert row["radius_mm"] == pytest.approx(2.0, abs=0.75)
+    assert row["roundness"] > 0.45 and row["elongation"] < 1.6

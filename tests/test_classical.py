@@ -10,7 +10,7 @@ import pytest
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.classical import ClassicalParams, call_microbleeds, rule_memberships, score_candidates
 
-BLEED = {"radius_mm": 2.0, "contrast": 0.6, "roundness": 0.8, "elongation": 1.1, "frst": 0.15,
+BLEED = {"radius_mm": 2.0, "contrast": 0.85, "roundness": 0.8, "elongation": 1.1, "frst": 0.15,
          "phase_dipole": 0.3, "edge_distance_mm": 20.0}
 
 
@@ -30,11 +30,11 @@ def test_typical_bleed_is_called_with_high_probability() -> None:
 @pytest.mark.parametrize(
     ("column", "values"),
     [
-        ("contrast", [0.1, 0.3, 0.5, 0.9]),
+        ("contrast", [0.3, 0.5, 0.7, 0.95]),
         ("roundness", [0.1, 0.3, 0.5, 1.0]),
         ("elongation", [6.0, 3.0, 2.0, 1.0]),
-        ("frst", [0.0, 0.02, 0.05, 0.5]),
-        ("phase_dipole", [-0.5, -0.01, 0.02, 0.5]),
+        ("frst", [0.0, 0.005, 0.012, 0.5]),
+        ("phase_dipole", [-0.5, 0.0, 0.06, 0.5]),
         ("edge_distance_mm", [0.0, 1.5, 2.5, 30.0]),
     ],
 )

@@ -105,3 +105,8 @@ def test_grid_mismatch(tmp_path):
     for other, message in ((b, "grid"), (c, "affine")):
         with pytest.raises(InputError, match=message):
             check_same_grid(a, other, subject="sub-01", path="phase.nii.gz")
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    save_image(np.ones((3, 3, 3)), np.eye(4), tmp_path / "a.nii.gz")
+    assert (tmp_path / "a.nii.gz").stat().st_mode & 0o044 == 0o044

@@ -13,20 +13,19 @@ from cmbflow.errors import InputError
 from cmbflow.image import ijk_to_xyz, voxel_sizes, xyz_to_ijk
 from cmbflow.simulate import PRESETS, SubjectParams, sample_subject_params, simulate_cohort, simulate_subject
 from cmbflow.simulate.anatomy import LESION_GAP_MM, lesion_region
-from cmbflow.simulate.physics import dipole_field, sphere_field
+from cmbflow.simulate.physics import GAMMA_BAR_MHZ_PER_T, dipole_field, phase_per_ppm, sphere_field
 from cmbflow.simulate.subject import TRUTH_COLUMNS
 
 SEED = [7, 2]
 
 
 def lesion_params(**changes) -> SubjectParams:
-    """Tiny subject on a non-RAS grid with big lesions; no veins or air cavities, whose fields
-    would add curvature to the phase around a lesion."""
+    """Tiny subject on a non-RAS grid with big lesions and no veins."""
     base = sample_subject_params(np.random.default_rng([7, 1]), "tiny")
     settings = dict(
         orientation="PSR", voxel_size_mm=(1.5, 2.5, 1.5), te_s=0.02, snr=40.0, phase_units="arbitrary",
-        n_cmb=3, n_calcifications=2, n_veins=0, cmb_diameter_mm=(4.0, 5.0), cmb_chi_ppm=(0.8, 1.0),
-        calcification_diameter_mm=(3.5, 4.0), calcification_chi_ppm=(-0.6, -0.5), air_cavities=False,
+        n_cmb=3, n_calcifications=2, n_veins=0, cmb_diameter_mm=(4.0, 5.0), cmb_chi_ppm=(0.5, 0.7),
+        calcification_diameter_mm=(3.5, 4.0), calcification_chi_ppm=(-0.6, -0.5),
     )
     return dataclasses.replace(base, **{**settings, **changes})
 
@@ -94,6 +93,12 @@ def test_sampling_is_deterministic_and_within_preset_ranges():
         sample_subject_params(np.random.default_rng(0), "huge")
 
 
+def test_phase_per_ppm_follows_the_sign_convention():
+    expected = 2 * np.pi * GAMMA_BAR_MHZ_PER_T * 3.0 * 0.02  # 1 ppm at 3 T is 127.7 Hz
+    assert phase_per_ppm(3.0, 0.02, -1) == pytest.approx(-expected)
+    assert phase_per_ppm(3.0, 0.02, +1) == pytest.approx(expected) and expected == pytest.approx(16.05, abs=0.01)
+
+
 def test_dipole_field_matches_the_analytic_sphere_on_an_anisotropic_grid():
     """Guards the axis-0/1 voxel-size swap that works around qsm-forward's kernel."""
     vs = np.array([0.4, 0.8, 0.6])
@@ -117,14 +122,6 @@ def test_dipole_field_matches_the_analytic_sphere_on_an_anisotropic_grid():
         assert rms < bound, (b0, rms)
 
 
-def test_same_seed_gives_identical_subject(subject):
-    again = simulate_subject(lesion_params(), np.random.default_rng(SEED))
-    assert np.array_equal(subject.magnitude, again.magnitude)
-    assert np.array_equal(subject.phase, again.phase)
-    assert np.array_equal(subject.affine, again.affine)
-    pd.testing.assert_frame_equal(subject.lesions, again.lesions)
-
-
 def test_truth_is_in_world_coordinates_of_a_non_ras_grid(subject):
     assert nib.aff2axcodes(subject.affine) == ("P", "S", "R")
     assert np.allclose(voxel_sizes(subject.affine), (1.5, 2.5, 1.5))
@@ -137,7 +134,8 @@ def test_truth_is_in_world_coordinates_of_a_non_ras_grid(subject):
     assert list(truth.hemisphere) == ["L" if x < 0 else "R" for x in truth.mni_x]
     assert list(truth.region) == list(lesion_region(truth[["mni_x", "mni_y", "mni_z"]].to_numpy()))
     assert all(subject.brain_mask[tuple(np.round(p).astype(int))] for p in ijk)
-    gaps = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1) - (truth.diameter_mm.to_numpy()[:, None] + truth.diameter_mm.to_numpy()[None]) / 2
+    diameters = truth.diameter_mm.to_numpy()
+    gaps = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1) - (diameters[:, None] + diameters[None]) / 2
     assert gaps[~np.eye(len(truth), dtype=bool)].min() >= LESION_GAP_MM - 1e-6
 
 
@@ -153,33 +151,39 @@ def test_each_lesion_is_a_dark_spot_centred_on_its_truth_position(subject):
         assert np.linalg.norm(centre - xyz) < 1.5, row
 
 
-def test_cmb_and_calcification_have_opposite_phase_dipoles_along_b0(subject):
+@pytest.fixture(scope="module")
+def subject_without_lesion_fields():
+    """The same subject and noise, but lesions with no susceptibility (their R2* is kept)."""
+    params = lesion_params(cmb_chi_ppm=(0.0, 0.0), calcification_chi_ppm=(0.0, 0.0))
+    return simulate_subject(params, np.random.default_rng(SEED))
+
+
+def test_cmb_and_calcification_have_opposite_phase_dipoles_along_b0(subject, subject_without_lesion_fields):
     """Paramagnetic CMB: field up at the poles (along world z) and down at the equator; the
-    default sign (-1) makes that negative phase at the poles. Calcifications do the opposite."""
-    signal = complex_image(subject)
-    real, imag = signal.real, signal.imag
+    default sign (-1) makes that negative phase at the poles. Calcifications do the opposite.
+    The twin without lesion fields removes the background (skull, iron, air) around each lesion."""
+    assert subject.params.paramagnetic_sign == -1
+    ratio = complex_image(subject) * np.conj(complex_image(subject_without_lesion_fields))
 
     def at(xyz):
         ijk = xyz_to_ijk(subject.affine, xyz).T
-        return ndi.map_coordinates(real, ijk, order=1) + 1j * ndi.map_coordinates(imag, ijk, order=1)
+        return ndi.map_coordinates(ratio.real, ijk, order=1) + 1j * ndi.map_coordinates(ratio.imag, ijk, order=1)
 
     for row in subject.lesions.itertuples():
         centre = np.array([row.x, row.y, row.z])
         r = 1.25 * row.diameter_mm  # 2.5 radii: outside the dark core, phase still large, no wrap
         poles = at(centre + np.array([[0, 0, r], [0, 0, -r]])).prod()
-        sign = subject.params.paramagnetic_sign
-        expected = sign if row.kind == "cmb" else -sign
+        expected = -1 if row.kind == "cmb" else 1
         for across in ([r, 0, 0], [0, r, 0]):
-            equator = at(centre + np.array([across, np.negative(across)])).prod()
-            # Opposite points pair up, so a linearly varying background phase cancels.
-            difference = np.angle(poles * np.conj(equator))
+            difference = np.angle(poles * np.conj(at(centre + np.array([across, np.negative(across)])).prod()))
             assert np.sign(difference) == expected and abs(difference) > 0.3, (row, difference)
 
 
 def test_blooming_grows_with_echo_time(subject, subject_long_te):
     cmbs = subject.lesions[subject.lesions.kind == "cmb"]
-    short = sum(dark_voxels(subject.magnitude, subject.affine, np.array([r.x, r.y, r.z])) for r in cmbs.itertuples())
-    long = sum(dark_voxels(subject_long_te.magnitude, subject.affine, np.array([r.x, r.y, r.z])) for r in cmbs.itertuples())
+    centres = cmbs[["x", "y", "z"]].to_numpy()
+    short = sum(dark_voxels(subject.magnitude, subject.affine, c) for c in centres)
+    long = sum(dark_voxels(subject_long_te.magnitude, subject.affine, c) for c in centres)
     pd.testing.assert_frame_equal(subject.lesions, subject_long_te.lesions)
     assert long > 1.3 * short > 0
 
@@ -249,8 +253,8 @@ def test_cohort_writes_bids_names_and_truth(cohorts, sessions):
     assert np.allclose(xyz, truth[["x", "y", "z"]].to_numpy(), atol=1e-3)
 
 
-def test_cohort_files_are_byte_identical_across_runs(cohorts):
-    """Two runs with the same seed (here one with sessions) write the same bytes."""
+def test_same_seed_writes_byte_identical_files(cohorts):
+    """Two runs with the same seed (one with sessions) write identical images and truth."""
     plain, with_sessions = cohorts[False], cohorts[True]
     for path in plain.rglob("sub-001_*"):
         twin = with_sessions / str(path.relative_to(plain)).replace("sub-001/", "sub-001/ses-01/").replace(

@@ -137,3 +137,12 @@ def test_unknown_participant_is_a_clear_error(cohort, tmp_path):
     result = snakemake(cohort, tmp_path / "out", "participant_label=[999]", "--dry-run")
     assert result.returncode != 0
     assert "no magnitude images found for participant(s) 999" in result.stderr
+
+
+def test_sessions_name_outputs_per_session(tmp_path):
+    bids = tmp_path / "bids"
+    simulate_cohort(bids, 1, seed=5, preset="tiny", sessions=True)
+    result = snakemake(bids, tmp_path / "out", "--dry-run")
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-2000:]
+    assert "sub-001/ses-01/anat/sub-001_ses-01_desc-cmb_detections.tsv" in text

@@ -4,8 +4,12 @@ Each rule of the radiological definition of a microbleed (Greenberg et al. 2009:
 dark, not a vessel, paramagnetic) becomes a soft membership: a logistic function of one feature
 that is 0.5 exactly at the rule's cut-off and rises monotonically towards the side the rule
 favours. The probability of a candidate is the product of its memberships, so it is monotone in
-every feature and every factor can be read off on its own (:func:`rule_memberships`). A final
-call needs every hard rule to pass and the probability to reach ``probability_threshold``.
+every feature and every factor can be read off on its own (:func:`rule_memberships`). It ranks
+candidates (FROC) but is not a calibrated probability. A final call needs every rule to pass
+(membership >= 0.5) and the probability to reach ``probability_threshold``.
+
+Defaults come from ``benchmarks/tune_classical.py`` (simulated standard-preset subjects, seed 100)
+and assume features from :func:`cmbflow.candidates.find_candidates` on a magnitude image.
 """
 
 from __future__ import annotations
@@ -23,15 +27,15 @@ class ClassicalParams(BaseModel):
     min_diameter_mm: float = Field(2.0, gt=0, description="smallest apparent diameter (2 x radius_mm)")
     max_diameter_mm: float = Field(10.0, gt=0, description="largest apparent diameter")
     diameter_width_mm: float = Field(0.4, gt=0)
-    min_contrast: float = Field(0.3, ge=0, le=1, description="least 1 - darkest/background")
+    min_contrast: float = Field(0.6, ge=0, le=1, description="least 1 - darkest/background")
     contrast_width: float = Field(0.05, gt=0)
     min_roundness: float = Field(0.35, ge=0, le=1, description="least smallest/largest principal axis")
     roundness_width: float = Field(0.05, gt=0)
     max_elongation: float = Field(2.0, ge=1, description="largest largest/middle principal axis")
     elongation_width: float = Field(0.2, gt=0)
-    min_frst: float = Field(0.03, ge=0, description="least radial symmetry (FRST) response")
-    frst_width: float = Field(0.01, gt=0)
-    min_phase_dipole: float = Field(0.0, description="least paramagnetic phase dipole (rad); "
+    min_frst: float = Field(0.01, ge=0, description="least radial symmetry (FRST) response")
+    frst_width: float = Field(0.003, gt=0)
+    min_phase_dipole: float = Field(0.05, description="least paramagnetic phase dipole (rad); "
                                     "ignored for candidates without phase")
     phase_dipole_width: float = Field(0.02, gt=0)
     min_edge_distance_mm: float = Field(2.0, ge=0, description="least distance to the brain mask edge")

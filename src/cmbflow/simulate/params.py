@@ -47,7 +47,6 @@ class SubjectParams:
     background_phase_rad: float = 15.0  # spread (1st-99th percentile) of the background phase in brain
     template_resolution_mm: int = 1  # MNI152 maps at 1 mm or block-averaged to 2 mm
     field_grid_mm: float = 2.0  # spacing of the grid on which the tissue field is convolved
-    air_cavities: bool = True  # sinus and mastoid air (steep fields near orbitofrontal/temporal lobes)
 
     def __post_init__(self) -> None:
         codes = self.orientation
@@ -82,9 +81,12 @@ def _any_orientation(rng: np.random.Generator) -> str:
     return "".join(pairs[a][int(rng.integers(2))] for a in order)
 
 
-def _voxel_sizes(orientation: str, in_plane: float, slice_mm: float, slice_world_axis: int) -> tuple[float, float, float]:
+def _voxel_sizes(
+    orientation: str, in_plane: float, slice_mm: float, slice_world_axis: int
+) -> tuple[float, float, float]:
     """Voxel edges in array order: the thick edge on the array axis that runs along the slice direction."""
-    return tuple(slice_mm if _AXIS_OF_CODE[c] == slice_world_axis else in_plane for c in orientation)  # type: ignore[return-value]
+    a, b, c = (slice_mm if _AXIS_OF_CODE[code] == slice_world_axis else in_plane for code in orientation)
+    return (a, b, c)
 
 
 def _lesion_count(rng: np.random.Generator, p_none: float, hi: int) -> int:

@@ -72,9 +72,8 @@ def dipole_field(
     an anisotropic grid, so a fix upstream would show up there.
     """
     vs = np.asarray(voxel_size_mm, dtype=float)
-    field = qsm_forward.generate_field(
-        np.asarray(chi, dtype=np.float64), voxel_size=[vs[1], vs[0], vs[2]], B0_dir=list(np.asarray(b0_direction, float))
-    )
+    b0 = [float(v) for v in np.asarray(b0_direction, dtype=float)]
+    field = qsm_forward.generate_field(np.asarray(chi, dtype=np.float64), voxel_size=[vs[1], vs[0], vs[2]], B0_dir=b0)
     return field.astype(np.float32)
 
 

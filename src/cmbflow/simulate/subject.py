@@ -1,7 +1,7 @@
 """Simulate one subject's GRE magnitude and phase, with the truth, in memory (no I/O).
 
-How the signal is built (hybrid grids, chosen for speed and memory; see the module docstring of
-:mod:`cmbflow.simulate` for timings):
+How the signal is built (hybrid grids: a whole-head sub-millimetre grid would need ~60 M voxels
+and 2x-padded FFT arrays of >8 GB each; this scheme needs ~1.6 GB and ~10-20 s for a standard subject):
 
 1. Anatomy: the MNI152 tissue maps are resampled (trilinear) through the head pose onto the
    acquisition grid; CSF rim, skull and scalp are shells at set distances from the brain surface.
@@ -93,8 +93,7 @@ def simulate_subject(params: SubjectParams, rng: np.random.Generator) -> Simulat
 
     world = _world_coordinates(affine, shape)
     fractions = _tissue_fractions(canvas, head, affine, shape, layers_mm, scale)
-    cavities = AIR_CAVITIES_MNI if params.air_cavities else ()
-    air_centres = [(_apply(head, np.asarray([c]))[0], r * scale) for c, r in cavities]
+    air_centres = [(_apply(head, np.asarray([c]))[0], r * scale) for c, r in AIR_CAVITIES_MNI]
     air_field = np.zeros(shape, np.float32)
     for centre, radius in air_centres:
         offsets = tuple(w - np.float32(c) for w, c in zip(world, centre))
@@ -150,7 +149,6 @@ def simulate_subject(params: SubjectParams, rng: np.random.Generator) -> Simulat
         "fine_region_voxels": int(fine.n_voxels),
         "layers_mm": layers_mm,
         "air_cavities": [{"xyz": np.round(c, 3).tolist(), "radius_mm": round(r, 3)} for c, r in air_centres],
-        "background_phase_rad_spread": params.background_phase_rad,
         "receiver_phase_rad": round(receiver_phase, 6),
         "noise_sigma": round(sigma, 6),
         "magnitude_peak": MAGNITUDE_PEAK,
@@ -171,7 +169,8 @@ def _apply(matrix: npt.NDArray[np.float64], points: npt.NDArray[np.float64]) -> 
 
 def _world_coordinates(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> list[npt.NDArray[np.float32]]:
     """World x, y, z (float32) of every voxel centre."""
-    axes = [np.arange(n, dtype=np.float64).reshape([-1 if b == a else 1 for b in range(3)]) for a, n in enumerate(shape)]
+    axes = [np.arange(n, dtype=np.float64).reshape([-1 if b == a else 1 for b in range(3)])
+            for a, n in enumerate(shape)]
     return [
         np.broadcast_to(sum(affine[w, a] * axes[a] for a in range(3)) + affine[w, 3], shape).astype(np.float32)
         for w in range(3)
@@ -221,7 +220,8 @@ def _tissue_field(
     for name in ("wm", "gm", "csf", "skull", "scalp"):
         chi += fractions[name] * np.float32(physics.TISSUES[name].chi_ppm)
     b = block
-    coarse = chi.reshape(chi.shape[0] // b[0], b[0], chi.shape[1] // b[1], b[1], chi.shape[2] // b[2], b[2]).mean(axis=(1, 3, 5))
+    blocks = [(n // f, f) for n, f in zip(chi.shape, b)]
+    coarse = chi.reshape([v for pair in blocks for v in pair]).mean(axis=(1, 3, 5))
     field = physics.dipole_field(coarse, vs * b, b0_grid)
     # Acquisition index i lies at coarse index (i - (b - 1) / 2) / b.
     return ndi.affine_transform(
@@ -229,7 +229,9 @@ def _tissue_field(
     )
 
 
-def _polynomial(world: list[npt.NDArray[np.float32]], head: npt.NDArray[np.float64], coeffs: npt.NDArray) -> npt.NDArray[np.float32]:
+def _polynomial(
+    world: list[npt.NDArray[np.float32]], head: npt.NDArray[np.float64], coeffs: npt.NDArray
+) -> npt.NDArray[np.float32]:
     """Random smooth field: quadratic in world coordinates centred on the head (80 mm units)."""
     centre = _apply(head, MNI_HEAD_CENTRE[None])[0]
     u, v, w = ((c - np.float32(o)) / np.float32(80.0) for c, o in zip(world, centre))
@@ -264,28 +266,60 @@ def _tissue_signal(
 
 
 def _intravoxel_dephasing(field: npt.NDArray[np.float32], rad_per_ppm: float) -> npt.NDArray[np.float32]:
-    """Signal loss from a field that varies linearly across each voxel: product of sincs."""
-    loss = np.ones(field.shape, np.float32)
+    """Voxel average of exp(i phase) for a phase linear across the voxel, relative to its centre.
+
+    A product of sincs, one per axis (negative beyond the first zero: the average flips sign).
+    """
+    factor = np.ones(field.shape, np.float32)
     for axis in range(3):
         across = np.gradient(field, axis=axis) * np.float32(abs(rad_per_ppm) / (2 * np.pi))
-        loss *= np.sinc(across).astype(np.float32)
-    return np.abs(loss)
+        factor *= np.sinc(across).astype(np.float32)
+    return factor
+
+
+@dataclass(frozen=True)
+class _Sphere:
+    box: tuple[slice, ...]  # acquisition voxels its field reaches
+    centre_mm: npt.NDArray[np.float64]  # grid mm (index x voxel size)
+    radius_mm: float
+    chi_ppm: float
+    tissue: physics.Tissue
+
+
+@dataclass(frozen=True)
+class _VeinPiece:
+    box: tuple[slice, ...]
+    points_mm: npt.NDArray[np.float64]  # the whole vein's centre line, grid mm
+    first: int  # this piece owns segments first .. last-1
+    last: int
+    radius_mm: float
+    chi_ppm: float
 
 
 class _FineRegion:
-    """Sub-voxel signal near lesions and veins, kept only for the voxels their fields reach."""
+    """Sub-voxel signal near lesions and veins, kept only for the voxels their fields reach.
 
-    def __init__(self, shape: tuple[int, int, int], vs: npt.NDArray[np.float64], b0: npt.NDArray[np.float64], params: SubjectParams):
+    Grid mm (voxel index x voxel size) is an orthonormal frame, so distances and the B0
+    direction (``b0_direction_voxel``) can be used in it directly.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        vs: npt.NDArray[np.float64],
+        b0: npt.NDArray[np.float64],
+        params: SubjectParams,
+    ):
         self.shape, self.vs, self.b0, self.params = shape, vs, b0, params
         self.factors = np.ceil(vs / FINE_VOXEL_MM - 1e-6).astype(int)
+        self.n_sub = int(np.prod(self.factors))
         self.fine_vs = vs / self.factors
         self.blur = float(np.prod(self.fine_vs) ** (1 / 3))
-        self.spheres: list[tuple[tuple[slice, ...], npt.NDArray[np.float64], float, float, physics.Tissue]] = []
-        self.pieces: list[tuple[tuple[slice, ...], npt.NDArray[np.float64], npt.NDArray[np.float64], int, int, float, float]] = []
+        self.objects: list[_Sphere | _VeinPiece] = []
         self.n_voxels = 0
 
     def _box(self, lo_mm: npt.NDArray[np.float64], hi_mm: npt.NDArray[np.float64]) -> tuple[slice, ...]:
-        """Voxel index slices covering the grid-mm range [lo, hi] (grid mm = index x voxel size)."""
+        """Voxel index slices covering the grid-mm range [lo, hi]."""
         lo = np.clip(np.floor(lo_mm / self.vs).astype(int), 0, self.shape)
         hi = np.clip(np.ceil(hi_mm / self.vs).astype(int) + 1, 0, self.shape)
         return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -295,20 +329,21 @@ class _FineRegion:
         radius = lesion.diameter_mm / 2
         reach = physics.sphere_box_radius_mm(radius, lesion.chi_ppm, rad_per_ppm, PHASE_TOLERANCE_RAD)
         centre = ijk * self.vs
-        self.spheres.append((self._box(centre - reach, centre + reach), centre, radius, lesion.chi_ppm, tissue))
+        self.objects.append(_Sphere(self._box(centre - reach, centre + reach), centre, radius, lesion.chi_ppm, tissue))
 
     def add_vein(self, vein: Vein, points_ijk: npt.NDArray[np.float64], rad_per_ppm: float) -> None:
+        """Split the vein into ~10 mm pieces, each convolved in its own box."""
         points = points_ijk * self.vs
         radius = vein.diameter_mm / 2
         reach = physics.cylinder_margin_mm(radius, vein.chi_ppm, rad_per_ppm, PHASE_TOLERANCE_RAD)
         step = np.linalg.norm(np.diff(points, axis=0), axis=1).mean()
-        n_seg = len(points) - 1
+        n_segments = len(points) - 1
         per_piece = max(1, int(round(VEIN_PIECE_MM / step)))
-        for first in range(0, n_seg, per_piece):
-            last = min(first + per_piece, n_seg)
+        for first in range(0, n_segments, per_piece):
+            last = min(first + per_piece, n_segments)
             own = points[first:last + 1]
             box = self._box(own.min(axis=0) - reach, own.max(axis=0) + reach)
-            self.pieces.append((box, points, own, first, last, radius, vein.chi_ppm))
+            self.objects.append(_VeinPiece(box, points, first, last, radius, vein.chi_ppm))
 
     def _fine_axes(self, box: tuple[slice, ...]) -> list[npt.NDArray[np.float64]]:
         """Grid-mm coordinate of every sub-voxel centre along each axis, in fine-array order."""
@@ -320,30 +355,43 @@ class _FineRegion:
         return out
 
     def _to_rows(self, fine: npt.NDArray[np.float32], box: tuple[slice, ...]) -> npt.NDArray[np.float32]:
-        """Fine-array (b0*f0, b1*f1, b2*f2) -> (voxels in box, sub-voxels)."""
+        """Fine-array layout (b0*f0, b1*f1, b2*f2) -> (voxels in box, sub-voxels)."""
         b = [s.stop - s.start for s in box]
         f = self.factors
-        return fine.reshape(b[0], f[0], b[1], f[1], b[2], f[2]).transpose(0, 2, 4, 1, 3, 5).reshape(np.prod(b), np.prod(f))
+        return fine.reshape(b[0], f[0], b[1], f[1], b[2], f[2]).transpose(0, 2, 4, 1, 3, 5).reshape(-1, self.n_sub)
 
-    def _vein_piece(self, piece: tuple) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Occupancy and field (fine-array layout) of one vein piece; neighbours' tube parts excluded."""
-        box, points, _, first, last, radius, chi = piece
-        u = self._fine_axes(box)
+    def _sphere(self, sphere: _Sphere) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Occupancy and analytic field of a lesion on its box's sub-voxels (fine-array layout)."""
+        u = self._fine_axes(sphere.box)
+        offsets = (u[0][:, None, None] - sphere.centre_mm[0], u[1][None, :, None] - sphere.centre_mm[1],
+                   u[2][None, None, :] - sphere.centre_mm[2])
+        distance = np.sqrt(offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2)
+        occupancy = physics.occupancy(distance, sphere.radius_mm, self.blur)
+        return occupancy, physics.sphere_field(offsets, sphere.radius_mm, sphere.chi_ppm, self.b0)
+
+    def _vein_piece(self, piece: _VeinPiece) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Occupancy and dipole-convolved field of one vein piece (fine-array layout).
+
+        A sub-voxel belongs to the piece whose segments are nearest, so the pieces tile the vein.
+        """
+        u = self._fine_axes(piece.box)
         grids = (u[0][:, None, None], u[1][None, :, None], u[2][None, None, :])
         shape = tuple(len(a) for a in u)
-        reach = int(np.ceil(4.0 / VEIN_PIECE_MM * (last - first)))  # neighbour segments within ~4 mm
-        nearest = {"own": np.full(shape, np.inf, np.float32), "before": np.full(shape, np.inf, np.float32),
-                   "after": np.full(shape, np.inf, np.float32)}
-        groups = {"own": range(first, last), "before": range(max(0, first - reach), first),
-                  "after": range(last, min(len(points) - 1, last + reach))}
+        neighbours = int(np.ceil(4.0 / VEIN_PIECE_MM * (piece.last - piece.first)))  # ~4 mm either side
+        groups = {
+            "own": range(piece.first, piece.last),
+            "before": range(max(0, piece.first - neighbours), piece.first),
+            "after": range(piece.last, min(len(piece.points_mm) - 1, piece.last + neighbours)),
+        }
+        nearest = {}
         for group, segments in groups.items():
+            nearest[group] = np.full(shape, np.inf, np.float32)
             for m in segments:
-                d = _segment_distance(grids, points[m], points[m + 1])
-                np.minimum(nearest[group], d, out=nearest[group])
+                distance = _segment_distance(grids, piece.points_mm[m], piece.points_mm[m + 1])
+                np.minimum(nearest[group], distance, out=nearest[group])
         owned = (nearest["own"] <= nearest["before"]) & (nearest["own"] < nearest["after"])
-        occ = np.where(owned, physics.occupancy(nearest["own"], radius, self.blur), np.float32(0))
-        field = physics.dipole_field(occ * np.float32(chi), self.fine_vs, self.b0)
-        return occ, field
+        occupancy = np.where(owned, physics.occupancy(nearest["own"], piece.radius_mm, self.blur), np.float32(0))
+        return occupancy, physics.dipole_field(occupancy * np.float32(piece.chi_ppm), self.fine_vs, self.b0)
 
     def render(
         self,
@@ -354,60 +402,45 @@ class _FineRegion:
     ) -> None:
         """Replace ``signal`` in the fine region by the sub-voxel average of the complex signal."""
         region = np.zeros(self.shape, bool)
-        for box, *_ in self.spheres + self.pieces:
-            region[box] = True
+        for obj in self.objects:
+            region[obj.box] = True
         voxels = np.flatnonzero(region)
         self.n_voxels = len(voxels)
         if not len(voxels):
             return
-        row_of = np.full(self.shape, -1, np.int64)
-        row_of.flat[voxels] = np.arange(len(voxels))
-        n_sub = int(np.prod(self.factors))
-        field = np.zeros((len(voxels), n_sub), np.float32)
+        row_of = np.full(self.shape, -1, np.int32)
+        row_of.flat[voxels] = np.arange(len(voxels), dtype=np.int32)
+        field = np.zeros((len(voxels), self.n_sub), np.float32)
         occupied = np.zeros_like(field)
-        own_signal = np.zeros_like(field)  # sum over objects of occupancy x object signal
+        own_signal = np.zeros_like(field)  # sum over objects of occupancy x the object's own signal
         te, b0 = self.params.te_s, self.params.b0_tesla
-        for box, centre, radius, chi, tissue in self.spheres:
-            rows = row_of[box].ravel()
-            u = self._fine_axes(box)
-            b = [s.stop - s.start for s in box]
-            f = self.factors
-            offsets = (
-                u[0].reshape(b[0], 1, 1, f[0], 1, 1) - centre[0],
-                u[1].reshape(1, b[1], 1, 1, f[1], 1) - centre[1],
-                u[2].reshape(1, 1, b[2], 1, 1, f[2]) - centre[2],
-            )
-            dist = np.sqrt(offsets[0] ** 2 + offsets[1] ** 2 + offsets[2] ** 2).reshape(len(rows), n_sub)
-            occ = physics.occupancy(dist, radius, self.blur)
-            field[rows] += physics.sphere_field(offsets, radius, chi, self.b0).reshape(len(rows), n_sub)
-            occupied[rows] += occ
-            own_signal[rows] += occ * np.float32(tissue.m0 * np.exp(-te * physics.r2star(tissue.r2star_3t, b0)))
-        vein = physics.TISSUES["vein"]
-        vein_signal = np.float32(vein.m0 * np.exp(-te * physics.r2star(vein.r2star_3t, b0)))
-        for piece in self.pieces:
-            box = piece[0]
-            rows = row_of[box].ravel()
-            occ, piece_field = self._vein_piece(piece)
-            occ = self._to_rows(occ, box)
-            field[rows] += self._to_rows(piece_field, box)
-            occupied[rows] += occ
-            own_signal[rows] += occ * vein_signal
+        for obj in self.objects:
+            tissue = obj.tissue if isinstance(obj, _Sphere) else physics.TISSUES["vein"]
+            occupancy, obj_field = self._sphere(obj) if isinstance(obj, _Sphere) else self._vein_piece(obj)
+            rows = row_of[obj.box].ravel()
+            occupancy = self._to_rows(occupancy, obj.box)
+            field[rows] += self._to_rows(obj_field, obj.box)
+            occupied[rows] += occupancy
+            own_signal[rows] += occupancy * np.float32(tissue.m0 * np.exp(-te * physics.r2star(tissue.r2star_3t, b0)))
         np.clip(occupied, 0, 1, out=occupied)
 
-        sub = np.stack(np.meshgrid(*[(np.arange(f) + 0.5) / f - 0.5 for f in self.factors], indexing="ij"), -1).reshape(-1, 3)
+        offsets = [(np.arange(f) + 0.5) / f - 0.5 for f in self.factors]  # sub-voxel centres, voxel units
+        sub = np.stack(np.meshgrid(*offsets, indexing="ij"), -1).reshape(-1, 3)
         k = np.float32(rad_per_ppm)
-        chunk = max(1, _CHUNK_SUBVOXELS // n_sub)
+        chunk = max(1, _CHUNK_SUBVOXELS // self.n_sub)
         for start in range(0, len(voxels), chunk):
             rows = slice(start, start + chunk)
             ijk = np.stack(np.unravel_index(voxels[rows], self.shape), -1)
             coords = (ijk[:, None, :] + sub[None, :, :]).reshape(-1, 3).T
-            smooth = ndi.map_coordinates(smooth_field, coords, order=1, mode="nearest").reshape(-1, n_sub)
+            smooth = ndi.map_coordinates(smooth_field, coords, order=1, mode="nearest").reshape(-1, self.n_sub)
             tissue = tissue_signal.flat[voxels[rows]][:, None]
             values = ((1 - occupied[rows]) * tissue + own_signal[rows]) * np.exp(1j * k * (smooth + field[rows]))
             signal.flat[voxels[rows]] = values.mean(axis=1)
 
 
-def _segment_distance(grids: tuple, p0: npt.NDArray[np.float64], p1: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+def _segment_distance(
+    grids: tuple, p0: npt.NDArray[np.float64], p1: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float32]:
     """Distance (mm) from broadcast grid points to the segment p0-p1."""
     d = p1 - p0
     length2 = max(float(d @ d), 1e-12)
@@ -426,7 +459,9 @@ def _encode_phase(phase: npt.NDArray, units: str) -> npt.NDArray[np.float32] | n
     return np.clip(phase.astype(np.float32), -limit, limit)
 
 
-def _truth_table(lesions: list[Lesion], lesion_ijk: list[npt.NDArray[np.float64]], affine: npt.NDArray[np.float64]) -> pd.DataFrame:
+def _truth_table(
+    lesions: list[Lesion], lesion_ijk: list[npt.NDArray[np.float64]], affine: npt.NDArray[np.float64]
+) -> pd.DataFrame:
     rows = []
     for lesion, ijk in zip(lesions, lesion_ijk):
         xyz = ijk_to_xyz(affine, ijk)[0]
