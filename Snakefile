@@ -7,10 +7,9 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# The library in src/ serves every job, installed or not, also in --use-conda environments.
-SRC = os.path.join(workflow.basedir, "src")
-sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))
+# The library in src/ serves the workflow whether or not it is installed (jobs find it through
+# the workflow_scripts/cmbflow link, as --use-conda environments do not install it).
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
@@ -27,6 +26,5 @@ include: "rules/group.smk"
 rule all:
     default_target: True
     input:
-        f"{OUT}/dataset_description.json",
-        f"{OUT}/group/cohort_summary.csv",
-        f"{OUT}/group/cohort_detections.csv",
+        rules.dataset_description.output,
+        rules.cohort.output,

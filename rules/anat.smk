@@ -12,10 +12,14 @@ rule bias_correct:
         echo=CFG.echo,
     log:
         log_path("bias_correct"),
+    benchmark:
+        benchmark_path("bias_correct"),
     threads: 2
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/bias_correct.py"
 
@@ -31,10 +35,14 @@ rule brain_mask:
         label=label,
     log:
         log_path("brain_mask"),
+    benchmark:
+        benchmark_path("brain_mask"),
     threads: 2
     resources:
         mem_mb=3000,
         runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/brain_mask.py"
 
@@ -51,9 +59,13 @@ rule register_to_mni:
         label=label,
     log:
         log_path("register_to_mni"),
+    benchmark:
+        benchmark_path("register_to_mni"),
     threads: 2
     resources:
         mem_mb=2500,
         runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/register_to_mni.py"

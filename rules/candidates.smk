@@ -2,13 +2,6 @@
 # rules. Runs on a GPU when there is one (config: device).
 
 
-def candidate_inputs(wildcards):
-    """SWI and high-pass phase when the subject has phase, else the bias-corrected magnitude."""
-    if has_phase(wildcards):
-        return {"image": rules.phase_preproc.output.swi, "hpphase": rules.phase_preproc.output.hpphase}
-    return {"image": rules.bias_correct.output.mag}
-
-
 rule candidates:
     input:
         unpack(candidate_inputs),
@@ -24,9 +17,13 @@ rule candidates:
         paramagnetic_sign=CFG.phase.paramagnetic_sign,
     log:
         log_path("candidates"),
+    benchmark:
+        benchmark_path("candidates"),
     threads: 2
     resources:
         mem_mb=3000,
         runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/candidates.py"

@@ -61,14 +61,30 @@ def has_phase(wildcards):
     return subject_of(wildcards).phase is not None
 
 
+def candidate_inputs(wildcards):
+    """SWI and high-pass phase when the subject has phase, else the bias-corrected magnitude."""
+    if has_phase(wildcards):
+        return {"image": rules.phase_preproc.output.swi, "hpphase": rules.phase_preproc.output.hpphase}
+    return {"image": rules.bias_correct.output.mag}
+
+
 def expand_subjects(pattern):
     """A per-subject path for every discovered subject/session."""
     return [pattern.format(**s.wildcards) for s in SUBJECTS.values()]
 
 
+def _per_subject(folder, rule_name, ext):
+    return f"{OUT}/{folder}/{rule_name}/sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ext
+
+
 def log_path(rule_name):
-    """Per-subject log file of a rule (kept beside the derivatives, outside the BIDS tree)."""
-    return f"{OUT}/logs/{rule_name}/sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ".log"
+    """Per-subject log file of a rule."""
+    return _per_subject("logs", rule_name, ".log")
+
+
+def benchmark_path(rule_name):
+    """Per-subject wall time and peak memory of a rule (Snakemake's benchmark TSV)."""
+    return _per_subject("benchmarks", rule_name, ".tsv")
 
 
 def label(wildcards):

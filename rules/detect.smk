@@ -12,9 +12,13 @@ rule detect:
         classifier=CFG.classical.model_dump(),
     log:
         log_path("detect"),
+    benchmark:
+        benchmark_path("detect"),
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/detect.py"

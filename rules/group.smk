@@ -17,10 +17,14 @@ rule subject_summary:
         echo=lambda wc: subject_of(wc).echo,
     log:
         log_path("subject_summary"),
+    benchmark:
+        benchmark_path("subject_summary"),
     threads: 1
     resources:
         mem_mb=500,
         runtime=5,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/subject_summary.py"
 
@@ -38,13 +42,16 @@ rule cohort:
     resources:
         mem_mb=1000,
         runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/cohort.py"
 
 
 rule dataset_description:
     output:
-        f"{OUT}/dataset_description.json",
+        description=f"{OUT}/dataset_description.json",
+        bidsignore=f"{OUT}/.bidsignore",
     params:
         bids_dir=str(CFG.bids_dir),
     log:
@@ -53,5 +60,7 @@ rule dataset_description:
     resources:
         mem_mb=200,
         runtime=5,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/dataset_description.py"

@@ -17,9 +17,13 @@ rule phase_preproc:
         phase=CFG.phase.model_dump(),
     log:
         log_path("phase_preproc"),
+    benchmark:
+        benchmark_path("phase_preproc"),
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/phase_preproc.py"

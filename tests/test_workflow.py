@@ -62,11 +62,11 @@ def test_per_subject_outputs(run):
 
 
 def test_detections_are_world_coordinates_of_the_input(run, cohort):
-    """x y z must equal the input magnitude's affine applied to i j k."""
+    """i j k must be the input magnitude's voxel that contains x y z (through its affine)."""
     table = pd.read_csv(run / "sub-001" / "anat" / "sub-001_desc-candidates_detections.tsv", sep="\t")
     affine = nib.load(cohort / "sub-001" / "anat" / "sub-001_part-mag_T2starw.nii.gz").affine
-    xyz = nib.affines.apply_affine(affine, table[["i", "j", "k"]].to_numpy())
-    assert len(table) and np.allclose(xyz, table[["x", "y", "z"]].to_numpy(), atol=1e-3)
+    ijk = nib.affines.apply_affine(np.linalg.inv(affine), table[["x", "y", "z"]].to_numpy())
+    assert len(table) and np.array_equal(np.rint(ijk).astype(int), table[["i", "j", "k"]].to_numpy())
 
 
 def test_cohort_tables(run):

@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmbflow import __version__
-from cmbflow.image import write_json
+from cmbflow.image import atomic_path, write_json
 
 CODE_URL = "https://github.com/cmbflow/cmbflow"
 
 
-def write_dataset_description(path: str | Path, bids_dir: str | Path) -> None:
-    """The derivatives' dataset_description.json, linking back to the raw dataset."""
+#: Folders of the output that are not BIDS (the validator skips them).
+NON_BIDS = ("group/", "logs/", "benchmarks/")
+
+
+def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir: str | Path) -> None:
+    """The derivatives' dataset_description.json, linking back to the raw dataset, and .bidsignore."""
+    with atomic_path(bidsignore) as tmp:
+        tmp.write_text("".join(f"{entry}\n" for entry in NON_BIDS))
     write_json(
         {
             "Name": "cmbflow: cerebral microbleed detections",

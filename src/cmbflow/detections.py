@@ -14,7 +14,7 @@ CORE_COLUMNS: dict[str, dict[str, str]] = {
     "x": {"Description": "World coordinate (RAS+) of the detection, from the input magnitude's affine", "Units": "mm"},
     "y": {"Description": "World coordinate (RAS+), see x", "Units": "mm"},
     "z": {"Description": "World coordinate (RAS+), see x", "Units": "mm"},
-    "i": {"Description": "Voxel index along the first array axis of the input magnitude (0-based)"},
+    "i": {"Description": "Index along the first array axis (0-based) of the input magnitude's voxel that contains x y z"},
     "j": {"Description": "Voxel index along the second array axis (0-based)"},
     "k": {"Description": "Voxel index along the third array axis (0-based)"},
     "probability": {"Description": "Probability that the detection is a cerebral microbleed", "Units": "arbitrary"},
