@@ -30,6 +30,9 @@ from cmbflow.image import load_image, voxel_sizes
 from cmbflow.phase import highpass, swi, unwrap
 from cmbflow.simulate import simulate_cohort
 
+#: One scan: subject label, candidate table, truth table, voxel size (mm).
+Scan = tuple[str, pd.DataFrame, pd.DataFrame, np.ndarray]
+
 FEATURES = ["radius_mm", "contrast", "roundness", "elongation", "frst", "phase_dipole", "edge_distance_mm"]
 
 #: Cut-offs the coordinate search may move, with the values it tries.
@@ -76,7 +79,7 @@ def subject_candidates(
     return table, truth, sizes
 
 
-def cohort_candidates(root: Path, cache: Path, image_kind: str) -> list[tuple[str, pd.DataFrame, pd.DataFrame, np.ndarray]]:
+def cohort_candidates(root: Path, cache: Path, image_kind: str) -> list[Scan]:
     subjects = sorted(p.name for p in root.glob("sub-*") if p.is_dir())
     scans = []
     for subject in subjects:
@@ -93,7 +96,7 @@ def bleeds(truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return cmb[["x", "y", "z"]].to_numpy(float), cmb["diameter_mm"].to_numpy(float) / 2.0
 
 
-def label_candidates(scans) -> pd.DataFrame:
+def label_candidates(scans: list[Scan]) -> pd.DataFrame:
     """All candidates of a cohort with a column ``is_bleed`` (matched one to one to a true bleed)."""
     rows = []
     for subject, table, truth, sizes in scans:
@@ -105,7 +108,7 @@ def label_candidates(scans) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)
 
 
-def evaluate(scans, params: ClassicalParams) -> tuple[dict[str, float], dict[float, float]]:
+def evaluate(scans: list[Scan], params: ClassicalParams) -> tuple[dict[str, float], dict[float, float]]:
     matches, probs, dets, truths, radii, voxel = [], [], [], [], [], []
     for _, table, truth, sizes in scans:
         xyz, radius = bleeds(truth)
@@ -120,7 +123,7 @@ def evaluate(scans, params: ClassicalParams) -> tuple[dict[str, float], dict[flo
     return detection_metrics(matches), froc(probs, dets, truths, radii, voxel)
 
 
-def candidate_recall(scans) -> float:
+def candidate_recall(scans: list[Scan]) -> float:
     found = total = 0
     for _, table, truth, sizes in scans:
         xyz, radius = bleeds(truth)
@@ -130,7 +133,7 @@ def candidate_recall(scans) -> float:
     return found / total if total else float("nan")
 
 
-def report(name: str, scans, params: ClassicalParams) -> None:
+def report(name: str, scans: list[Scan], params: ClassicalParams) -> None:
     metrics, curve = evaluate(scans, params)
     per_scan = [len(t) for _, t, _, _ in scans]
     print(f"{name}: {len(scans)} scans, {int(metrics['lesions'])} bleeds; candidate recall "
@@ -140,7 +143,7 @@ def report(name: str, scans, params: ClassicalParams) -> None:
     print("  FROC sensitivity at FP/scan " + "  ".join(f"{k:g}: {v:.3f}" for k, v in curve.items()))
 
 
-def search(scans, start: ClassicalParams, max_fp: float, rounds: int = 2) -> ClassicalParams:
+def search(scans: list[Scan], start: ClassicalParams, max_fp: float, rounds: int = 2) -> ClassicalParams:
     """Coordinate search: most sensitivity at <= max_fp FP/scan, then fewest FP, then defaults."""
 
     def objective(params: ClassicalParams) -> tuple[float, float]:

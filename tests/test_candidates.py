@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
 from cmbflow.candidates import CANDIDATE_COLUMNS, CandidateParams, find_candidates, phase_dipole
 from cmbflow.evaluate import match_detections
-from cmbflow.image import ijk_to_xyz, voxel_sizes
+from cmbflow.image import ijk_to_xyz, voxel_sizes, xyz_to_ijk
 
 AFFINE = np.array([
     [-0.9, 0.0, 0.0, 36.0],
@@ -17,7 +18,9 @@ AFFINE = np.array([
     [0.0, 0.0, 0.0, 1.0],
 ])
 SHAPE = (80, 76, 40)
-SPHERES_XYZ = np.array([[10.0, 12.0, -20.0], [-12.0, 10.0, -8.0], [12.0, -14.0, 4.0], [-10.0, -12.0, 16.0], [0.0, 2.0, 26.0]])
+SPHERES_XYZ = np.array(
+    [[10.0, 12.0, -20.0], [-12.0, 10.0, -8.0], [12.0, -14.0, 4.0], [-10.0, -12.0, 16.0], [0.0, 2.0, 26.0]]
+)
 DIAMETERS_MM = np.array([2.0, 3.0, 4.0, 5.0, 6.0])
 TUBE_X, TUBE_Z = -22.0, 0.0  # a 1.6 mm wide vessel along world y through the whole volume
 
@@ -45,21 +48,22 @@ def synthetic_scan(seed: int = 0) -> tuple[nib.Nifti1Image, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def candidates() -> "pd.DataFrame":  # noqa: F821
+def candidates() -> pd.DataFrame:
     image, mask = synthetic_scan()
     return find_candidates(image, mask, None, CandidateParams())
 
 
-def test_every_sphere_is_a_candidate_at_its_world_position(candidates) -> None:
+def test_every_sphere_is_a_candidate_at_its_world_position(candidates: pd.DataFrame) -> None:
     assert list(candidates.columns) == list(CANDIDATE_COLUMNS)
     match = match_detections(candidates[["x", "y", "z"]], SPHERES_XYZ, DIAMETERS_MM / 2, voxel_sizes(AFFINE))
     assert match.false_negatives == 0
     assert np.all(match.distances_mm < 1.0)
-    # voxel indices and world coordinates describe the same place
-    assert np.allclose(ijk_to_xyz(AFFINE, candidates[["i", "j", "k"]]), candidates[["x", "y", "z"]], atol=2.0)
+    # i j k is the voxel that contains x y z
+    ijk = np.rint(xyz_to_ijk(AFFINE, candidates[["x", "y", "z"]])).astype(int)
+    assert np.array_equal(ijk, candidates[["i", "j", "k"]].to_numpy())
 
 
-def test_spheres_are_round_and_sized_and_the_tube_is_not(candidates) -> None:
+def test_spheres_are_round_and_sized_and_the_tube_is_not(candidates: pd.DataFrame) -> None:
     xyz = candidates[["x", "y", "z"]].to_numpy()
     for centre, diameter in zip(SPHERES_XYZ, DIAMETERS_MM):
         row = candidates.iloc[np.argmin(np.linalg.norm(xyz - centre, axis=1))]
@@ -75,7 +79,7 @@ def test_spheres_are_round_and_sized_and_the_tube_is_not(candidates) -> None:
     assert len(candidates) <= len(SPHERES_XYZ) + 3
 
 
-def test_no_candidates_outside_mask_and_edge_distance(candidates) -> None:
+def test_no_candidates_outside_mask_and_edge_distance(candidates: pd.DataFrame) -> None:
     image, mask = synthetic_scan()
     assert mask[tuple(candidates[["i", "j", "k"]].to_numpy().T)].all()
     assert (candidates["edge_distance_mm"] > 0).all()

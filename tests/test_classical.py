@@ -87,3 +87,10 @@ def test_round_dark_sphere_scores_above_tube() -> None:
     assert on_tube.any()
     assert prob.iloc[sphere_rows].min() > prob[on_tube].max()
     assert calls.iloc[sphere_rows].all() and not calls[on_tube].any()
+
+
+def test_empty_table_gives_empty_results() -> None:
+    empty = pd.DataFrame({c: pd.Series(dtype=float) for c in BLEED})
+    assert score_candidates(empty).empty
+    calls = call_microbleeds(empty)
+    assert calls.empty and calls.dtype == bool

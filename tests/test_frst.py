@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmbflow.frst import frst3d, gaussian_smooth, resolve_device
+from cmbflow.frst import _frst_dark, frst3d, gaussian_smooth, resolve_device
 from cmbflow.image import ijk_to_xyz, voxel_sizes
 
 # LPS-ordered, anisotropic grid: array axes run towards Left, Posterior and Superior.
@@ -53,6 +53,17 @@ def test_mask_restricts_output_and_run_is_deterministic() -> None:
     assert np.all(first[~mask] == 0) and first[mask].max() > 0
 
 
+def test_cropping_to_the_mask_changes_nothing() -> None:
+    # frst3d works in the box that can influence the mask; the full volume must give the same.
+    volume = sphere_volume([0, 0, 0], 2.0)
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[20:40, 25:35, 12:20] = True
+    sizes = voxel_sizes(AFFINE)
+    cropped = frst3d(volume, sizes, [1.0, 2.0, 3.0], mask=mask)
+    full = _frst_dark(torch.from_numpy(volume), torch.from_numpy(mask), sizes, [1.0, 2.0, 3.0], 2.0, 0.7).numpy()
+    assert np.allclose(cropped, full, atol=1e-6 * full.max())
+
+
 def test_sum_over_radii_equals_separate_transforms() -> None:
     # The nested smoothing over radii must equal smoothing each radius on its own.
     volume = sphere_volume([0, 0, 0], 2.5)
@@ -94,4 +105,7 @@ def test_rejects_bad_arguments() -> None:
         frst3d(volume, (1.0, 1.0), [1.0])
     with pytest.raises(ValueError):
         frst3d(volume, (1.0, 1.0, 1.0), [])
+    with pytest.raises(ValueError):
+        frst3d(volume, (1.0, 1.0, 1.0), [1.0], mask=np.ones((5, 5, 4), dtype=bool))
     assert not frst3d(volume, (1.0, 1.0, 1.0), [1.0]).any()  # flat image: no votes
+    assert not frst3d(volume, (1.0, 1.0, 1.0), [1.0], mask=np.zeros((5, 5, 5), dtype=bool)).any()

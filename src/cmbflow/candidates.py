@@ -8,8 +8,14 @@ independent of scanner scaling and bias residue):
 * ``threshold``: connected components of dark voxels whose equivalent diameter fits a microbleed.
 
 Seeds are moved to the darkest voxel nearby and merged by distance (non-maximum suppression).
-Each candidate then gets the shape, contrast and phase features the classical rules and the
-network use.
+Each candidate is then measured against its own surroundings (a bleed inside a dark, iron-rich
+nucleus keeps its contrast and shape; see :func:`lesion_region`) and gets the shape, contrast
+and phase features the classical rules and the network use. Candidates fainter than
+``min_contrast`` or smaller than ``min_radius_mm`` are dropped.
+
+Measured with ``benchmarks/tune_classical.py`` on simulated standard-preset scans (magnitude
+input, true mask): every bleed became a candidate (43/43 tuning, 88/88 held-out), with a median
+of 58-76 candidates per scan (max 496 on a noisy scan).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from cmbflow.frst import frst3d
+from cmbflow.frst import frst3d, mask_bounds
 from cmbflow.image import b0_direction_voxel, ijk_to_xyz, voxel_sizes
 
 #: Columns of the candidate table, in order.
@@ -124,7 +130,10 @@ def frst_peaks(
 
 
 def dark_components(
-    ratio: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_], voxel_size_mm: Sequence[float], params: CandidateParams
+    ratio: npt.NDArray[np.floating],
+    mask: npt.NDArray[np.bool_],
+    voxel_size_mm: Sequence[float],
+    params: CandidateParams,
 ) -> npt.NDArray[np.int64]:
     """Darkest voxel (N, 3) of each dark component whose equivalent diameter fits a microbleed."""
     dark = mask & (ratio < 1.0 - params.seed_contrast)
@@ -315,7 +324,9 @@ def find_candidates(
     phase that paramagnetic sources give. Pass the magnitude where you can: the SWI phase mask
     darkens a bleed's dipole lobes too, which stretches it along B0 and makes it look less round
     (on simulated scans median roundness 0.40 on SWI vs 0.72 on magnitude). Columns: see
-    :data:`CANDIDATE_COLUMNS` (``phase_dipole`` is NaN without phase). Rows come darkest first.
+    :data:`CANDIDATE_COLUMNS`: ``x y z`` is the contrast-weighted centre of the dark region (world
+    RAS+ mm) and ``i j k`` the voxel that contains it; ``frst`` is the largest response over the
+    region; ``phase_dipole`` is NaN without phase. Rows come darkest first.
     """
     if paramagnetic_sign not in (-1, 1):
         raise ValueError(f"paramagnetic_sign must be -1 or +1, got {paramagnetic_sign}")
@@ -323,8 +334,20 @@ def find_candidates(
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != data.shape or (hp_phase is not None and np.shape(hp_phase) != data.shape):
         raise ValueError(f"image {data.shape}, mask {mask.shape} and phase must share one grid")
-    affine = image.affine
-    sizes = voxel_sizes(affine)
+    sizes = voxel_sizes(image.affine)
+    if not mask.any():
+        return _table([])
+    # Work in the mask's bounding box plus the widest neighbourhood a candidate looks at: the
+    # result is the same (everything outside is outside the mask) and the whole-volume filters
+    # cost half as much on a typical field of view.
+    margin = np.ceil(params.region_half_width_mm / sizes).astype(int)
+    first, last = mask_bounds(mask)
+    lo = np.maximum(first - margin, 0)
+    hi = np.minimum(last + margin + 1, data.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    data, mask = data[box], mask[box]
+    hp_phase = None if hp_phase is None else np.asarray(hp_phase, dtype=np.float32)[box]
+    affine = image.affine @ nib.affines.from_matvec(np.eye(3), lo)
 
     ratio = contrast_ratio(data, mask, sizes, params)
     # Clipping at 1 keeps only the gradients of dark structures: bright noise casts no votes.
@@ -341,8 +364,8 @@ def find_candidates(
     seeds, sources = merge_seeds(seeds[dark_enough], sources[dark_enough], ratio, affine, params.merge_distance_mm)
     seeds, sources = seeds[: params.max_candidates], sources[: params.max_candidates]
 
+    # Outside the box is outside the mask, as the padding says.
     edge_distance = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=sizes)[1:-1, 1:-1, 1:-1]
-    frst_max = ndimage.maximum_filter(frst, size=3)
     # Seeds come darkest first: a seed inside the region of a darker round candidate is the same
     # lesion (a large bleed has a flat dark core). Elongated regions claim nothing, so a bleed
     # touching a vein survives.
@@ -371,8 +394,13 @@ def find_candidates(
             )
         )
         rows.append((
-            *ijk_to_xyz(affine, centre)[0], *seed, radius, volume, float(frst_max[tuple(seed)]), contrast,
+            *ijk_to_xyz(affine, centre)[0], *(np.rint(centre).astype(np.int64) + lo), radius, volume,
+            float(frst[tuple(region.T)].max()), contrast,
             roundness, elongation, dipole, float(edge_distance[tuple(seed)]), source,
         ))
+    return _table(rows)
+
+
+def _table(rows: list[tuple]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=list(CANDIDATE_COLUMNS))
     return table.astype({"i": np.int64, "j": np.int64, "k": np.int64, "phase_dipole": np.float64})

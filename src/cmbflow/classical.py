@@ -27,13 +27,15 @@ class ClassicalParams(BaseModel):
     min_diameter_mm: float = Field(2.0, gt=0, description="smallest apparent diameter (2 x radius_mm)")
     max_diameter_mm: float = Field(10.0, gt=0, description="largest apparent diameter")
     diameter_width_mm: float = Field(0.4, gt=0)
-    min_contrast: float = Field(0.6, ge=0, le=1, description="least 1 - darkest/background")
+    min_contrast: float = Field(0.7, ge=0, le=1, description="least 1 - darkest/local background; "
+                                "simulated bleeds all reach 0.77, so lower it (e.g. 0.5) where faint "
+                                "bleeds matter (1.5 T, short TE)")
     contrast_width: float = Field(0.05, gt=0)
     min_roundness: float = Field(0.35, ge=0, le=1, description="least smallest/largest principal axis")
     roundness_width: float = Field(0.05, gt=0)
     max_elongation: float = Field(2.0, ge=1, description="largest largest/middle principal axis")
     elongation_width: float = Field(0.2, gt=0)
-    min_frst: float = Field(0.01, ge=0, description="least radial symmetry (FRST) response")
+    min_frst: float = Field(0.015, ge=0, description="least radial symmetry (FRST) response")
     frst_width: float = Field(0.003, gt=0)
     min_phase_dipole: float = Field(0.05, description="least paramagnetic phase dipole (rad); "
                                     "ignored for candidates without phase")

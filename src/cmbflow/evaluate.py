@@ -121,7 +121,8 @@ def froc_curve(
     if not n_scans == len(detections_xyz) == len(truth_xyz) == len(truth_radius_mm) == len(voxel_size_mm):
         raise ValueError("froc_curve needs one entry per scan in every argument")
     scans = []
-    for prob, det, truth, radius, sizes in zip(probabilities, detections_xyz, truth_xyz, truth_radius_mm, voxel_size_mm):
+    per_scan = zip(probabilities, detections_xyz, truth_xyz, truth_radius_mm, voxel_size_mm)
+    for prob, det, truth, radius, sizes in per_scan:
         prob, det, truth = np.asarray(prob, dtype=float).ravel(), _points(det), _points(truth)
         if len(prob) != len(det):
             raise ValueError(f"{len(prob)} probabilities for {len(det)} detections")

@@ -40,7 +40,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def gaussian_kernel_1d(sigma_vox: float) -> torch.Tensor:
-    """Discrete Gaussian kernel exp(-t) I_n(t), t = sigma^2 (Lindeberg), to +-(3 sigma + 1) taps.
+    """Discrete Gaussian kernel exp(-t) I_n(t), t = sigma^2 (Lindeberg), truncated where negligible.
 
     Unlike a sampled Gaussian it keeps its variance and semigroup property for sigma below a
     voxel, which the nested smoothing over radii relies on.
@@ -48,7 +48,10 @@ def gaussian_kernel_1d(sigma_vox: float) -> torch.Tensor:
     if sigma_vox < 1e-3:
         return torch.ones(1, dtype=torch.float32)
     half = int(math.ceil(3.0 * sigma_vox)) + 1
-    kernel = special.ive(np.arange(-half, half + 1), sigma_vox**2)
+    weights = special.ive(np.arange(half + 1), sigma_vox**2)
+    # Taps below 1e-4 of the centre change nothing measurable but cost a full pass each.
+    half = int(np.nonzero(weights >= 1e-4 * weights[0])[0][-1])
+    kernel = np.concatenate([weights[half:0:-1], weights[: half + 1]])
     return torch.as_tensor(kernel / kernel.sum(), dtype=torch.float32)
 
 
@@ -84,6 +87,47 @@ def gradient_mm(volume: torch.Tensor, voxel_size_mm: Sequence[float]) -> torch.T
     return torch.stack(grads)
 
 
+def smoothing_passes(radii_mm: Sequence[float]) -> list[tuple[float, float]]:
+    """(radius, Gaussian width to apply after adding that radius's map), largest radius first.
+
+    Sum_n G(s_n) * F_n is computed from the largest radius down as nested smoothings with the
+    width increments sqrt(s_n^2 - s_(n-1)^2): exact for discrete Gaussians, and each pass is
+    narrow.
+    """
+    radii = sorted({float(r) for r in radii_mm}, reverse=True)
+    sigmas = [SMOOTHING_PER_RADIUS * r for r in radii]
+    return [(r, math.sqrt(s**2 - (sigmas[n + 1] ** 2 if n + 1 < len(radii) else 0.0)))
+            for n, (r, s) in enumerate(zip(radii, sigmas))]
+
+
+def mask_bounds(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """First and last index (inclusive) of the non-empty ``mask`` along each axis."""
+    lo, hi = [], []
+    for axis in range(3):
+        along = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        lo.append(int(along[0]))
+        hi.append(int(along[-1]))
+    return np.array(lo), np.array(hi)
+
+
+def support_box(
+    mask: npt.NDArray[np.bool_], voxel_size_mm: npt.NDArray[np.float64], radii_mm: Sequence[float]
+) -> tuple[slice, ...] | None:
+    """Box around ``mask`` outside which nothing can reach a mask voxel (votes, then smoothing).
+
+    None for an empty mask.
+    """
+    if not mask.any():
+        return None
+    passes = smoothing_passes(radii_mm)
+    lo, hi = mask_bounds(mask)
+    box = []
+    for axis, size in enumerate(voxel_size_mm):
+        margin = math.ceil(passes[0][0] / size) + 2 + sum(len(gaussian_kernel_1d(w / size)) // 2 for _, w in passes)
+        box.append(slice(max(lo[axis] - margin, 0), min(hi[axis] + margin + 1, mask.shape[axis])))
+    return tuple(box)
+
+
 def frst3d(
     volume: npt.NDArray[np.floating],
     voxel_size_mm: Sequence[float],
@@ -102,7 +146,8 @@ def frst3d(
     magnitudes M_n as F_n = (M_n/k_n) (|O_n|/k_n)^alpha, smoothed by a Gaussian of
     0.25 n mm. k_n is the number of votes a perfect sphere of radius n would give
     (its surface in voxel faces), so F_n of different radii are comparable; the map
-    scales linearly with image intensity. Outside ``mask`` the result is 0.
+    scales linearly with image intensity. Outside ``mask`` the result is 0, and only the box
+    that can influence the mask is computed.
 
     On CPU the result is deterministic; on CUDA ``index_add_`` uses atomic float additions, so
     results may differ in the last bits between runs.
@@ -115,18 +160,42 @@ def frst3d(
         raise ValueError(f"radii_mm must be positive, got {radii_mm!r}")
     if not 0.0 <= gradient_quantile < 1.0:
         raise ValueError(f"gradient_quantile must be in [0, 1), got {gradient_quantile}")
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3 or (mask is not None and np.shape(mask) != volume.shape):
+        raise ValueError(f"need a 3D volume and a mask of its shape, got {volume.shape} and {np.shape(mask)}")
+    result = np.zeros(volume.shape, dtype=np.float32)
+    if mask is None:
+        box = (slice(None),) * 3
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        box = support_box(mask, sizes, radii_mm)
+        if box is None:
+            return result
+    inside = None if mask is None else torch.as_tensor(mask[box], device=dev)
+    vol = torch.as_tensor(np.ascontiguousarray(volume[box]), device=dev)
+    result[box] = _frst_dark(vol, inside, sizes, radii_mm, alpha, gradient_quantile).cpu().numpy()
+    return result
 
-    vol = torch.as_tensor(np.ascontiguousarray(volume, dtype=np.float32), device=dev)
+
+def _frst_dark(
+    vol: torch.Tensor,
+    mask: torch.Tensor | None,
+    sizes: npt.NDArray[np.float64],
+    radii_mm: Sequence[float],
+    alpha: float,
+    gradient_quantile: float,
+) -> torch.Tensor:
+    """:func:`frst3d` on tensors (already cropped)."""
+    dev = vol.device
     shape = vol.shape
     grad = gradient_mm(vol, sizes)
     magnitude = (grad * grad).sum(dim=0).sqrt()
     valid = magnitude > 0
     if mask is not None:
-        mask_t = torch.as_tensor(np.asarray(mask, dtype=bool), device=dev)
-        valid &= mask_t
+        valid &= mask
     voters = torch.nonzero(valid.flatten()).squeeze(1)
     if voters.numel() == 0:
-        return np.zeros(shape, dtype=np.float32)
+        return torch.zeros(shape, dtype=torch.float32, device=dev)
     mags = magnitude.flatten()[voters]
     # torch.quantile is limited to 16M elements; kthvalue is exact and has no such limit.
     rank = min(max(int(gradient_quantile * mags.numel()), 1), mags.numel())
@@ -136,33 +205,28 @@ def frst3d(
 
     plane = shape[1] * shape[2]
     coords = torch.stack([voters // plane, (voters // shape[2]) % shape[1], voters % shape[2]], dim=1)
-    unit_mm = grad.flatten(1)[:, voters].T / mags[:, None]  # (N, 3) unit gradient in mm
-    sizes_t = torch.as_tensor(sizes, dtype=torch.float32, device=dev)
+    # Voxel offset per mm of radius: against the gradient, since the gradient of a dark blob
+    # points outwards and its centre lies behind it.
+    step = grad.flatten(1)[:, voters].T / (-mags[:, None] * torch.as_tensor(sizes, dtype=torch.float32, device=dev))
+    del grad, magnitude, valid
     upper = torch.as_tensor(shape, device=dev) - 1
     strides = torch.as_tensor([plane, shape[2], 1], device=dev)
     face_area = float(np.prod(sizes)) ** (2.0 / 3.0)
     orientation = torch.empty(vol.numel(), dtype=torch.float32, device=dev)
     projection = torch.empty(vol.numel(), dtype=torch.float32, device=dev)
-    # Sum_n G(s_n) * F_n computed from the largest radius down as nested smoothings with the
-    # width increments sqrt(s_n^2 - s_(n-1)^2): exact for discrete Gaussians, far fewer passes.
-    total = torch.zeros(shape, dtype=torch.float32, device=dev)
-    previous_sigma = None
-    for radius in sorted((float(r) for r in radii_mm), reverse=True):
-        sigma = SMOOTHING_PER_RADIUS * radius
-        if previous_sigma is not None and previous_sigma > sigma:
-            total = gaussian_smooth(total, math.sqrt(previous_sigma**2 - sigma**2), sizes)
-        previous_sigma = sigma
-        # Dark blob: the gradient points outwards, so the centre lies against it. Votes that
-        # land outside the volume are clamped onto it with zero weight (cheaper than dropping).
-        target = coords + torch.round(-radius * unit_mm / sizes_t).long()
+    total = torch.zeros(vol.numel(), dtype=torch.float32, device=dev)
+    for radius, width in smoothing_passes(radii_mm):
+        # Votes that land outside the volume are clamped onto it with zero weight (cheaper than
+        # dropping them).
+        target = coords + torch.round(step * radius).long()
         inside = ((target >= 0) & (target <= upper)).all(dim=1).float()
         flat = (torch.minimum(target.clamp_(min=0), upper) * strides).sum(dim=1)
         orientation.zero_().index_add_(0, flat, inside)
         projection.zero_().index_add_(0, flat, mags * inside)
+        # F_n = (M/k) min(O/k, 1)^alpha = M min(O, k)^alpha / k^(alpha+1)
         k_n = max(4.0 * math.pi * radius**2 / face_area, 1.0)
-        orientation.div_(k_n).clamp_(max=1.0).pow_(alpha)
-        total += (projection.div_(k_n) * orientation).reshape(shape)
-    total = gaussian_smooth(total, previous_sigma, sizes)
-    if mask is not None:
-        total = total * mask_t
-    return total.cpu().numpy()
+        orientation.clamp_(max=k_n).pow_(alpha).mul_(projection)
+        total.add_(orientation, alpha=k_n ** -(alpha + 1.0))
+        total = gaussian_smooth(total.reshape(shape), width, sizes).flatten()
+    total = total.reshape(shape)
+    return total * mask if mask is not None else total
