@@ -62,10 +62,15 @@ def has_phase(wildcards):
 
 
 def candidate_inputs(wildcards):
-    """SWI and high-pass phase when the subject has phase, else the bias-corrected magnitude."""
+    """The bias-corrected magnitude, plus the high-pass phase when the subject has phase.
+
+    Not the SWI: its phase mask darkens a microbleed's dipole lobes along B0, so bleeds look
+    elongated and the candidates multiply (measured in benchmarks/tune_classical.py --image swi).
+    """
+    inputs = {"image": rules.bias_correct.output.mag}
     if has_phase(wildcards):
-        return {"image": rules.phase_preproc.output.swi, "hpphase": rules.phase_preproc.output.hpphase}
-    return {"image": rules.bias_correct.output.mag}
+        inputs["hpphase"] = rules.phase_preproc.output.hpphase
+    return inputs
 
 
 def expand_subjects(pattern):

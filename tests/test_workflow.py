@@ -136,7 +136,7 @@ def test_bids_app_cli_passes_arguments_to_snakemake(cohort, tmp_path):
 def test_unknown_participant_is_a_clear_error(cohort, tmp_path):
     result = snakemake(cohort, tmp_path / "out", "participant_label=[999]", "--dry-run")
     assert result.returncode != 0
-    assert "no magnitude images found for participant(s) 999" in result.stderr
+    assert "no magnitude images found for participant(s) 999" in result.stdout + result.stderr
 
 
 def test_sessions_name_outputs_per_session(tmp_path):
@@ -146,3 +146,14 @@ def test_sessions_name_outputs_per_session(tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-2000:]
     assert "sub-001/ses-01/anat/sub-001_ses-01_desc-cmb_detections.tsv" in text
+
+
+def test_evaluation_against_the_simulated_truth(run, cohort):
+    from cmbflow.evaluate import evaluate_outputs
+
+    result = evaluate_outputs(cohort / "derivatives" / "simulation", run)
+    calls = result["calls"]
+    assert calls["scans"] == 3 and calls["lesions"] >= 6
+    assert result["candidate_recall"] >= calls["sensitivity"] >= 0.5
+    assert calls["fp_per_scan"] <= 3
+    assert set(result["per_region"]) <= {"lobar", "deep", "infratentorial"}

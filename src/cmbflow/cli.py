@@ -3,6 +3,7 @@
     cmbflow BIDS_DIR OUTPUT_DIR participant [--participant-label 01 02] [snakemake args...]
     cmbflow BIDS_DIR OUTPUT_DIR group
     cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse]
+    cmbflow evaluate TRUTH_DIR OUTPUT_DIR [--json FILE]
     cmbflow show OUTPUT_DIR
 """
 
@@ -72,6 +73,31 @@ def run_simulate(argv: list[str]) -> int:
     return 0
 
 
+def run_evaluate(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cmbflow evaluate",
+        description="Compare workflow outputs with simulated ground truth: sensitivity, precision, "
+        "FP per scan, FROC, candidate recall, per-region sensitivity.",
+    )
+    parser.add_argument("truth_dir", type=Path, help="the simulator's derivatives/simulation folder")
+    parser.add_argument("output_dir", type=Path, help="the workflow's output_dir")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    from cmbflow.evaluate import evaluate_outputs
+    from cmbflow.image import write_json
+
+    result = evaluate_outputs(args.truth_dir, args.output_dir)
+    calls = result["calls"]
+    print(f"{int(calls['scans'])} scans, {int(calls['lesions'])} microbleeds: sensitivity {calls['sensitivity']:.3f}, "
+          f"precision {calls['precision']:.3f}, F1 {calls['f1']:.3f}, FP/scan {calls['fp_per_scan']:.2f}")
+    print(f"candidate recall {result['candidate_recall']:.3f} ({result['candidates_per_scan']:.0f} candidates/scan)")
+    print("FROC sensitivity at FP/scan " + ", ".join(f"{k}: {v:.3f}" for k, v in result["froc_sensitivity_at_fp_per_scan"].items()))
+    print("per region: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})" for k, v in result["per_region"].items()))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def run_show(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cmbflow show", description="Print a cohort's summary table.")
     parser.add_argument("output_dir", type=Path)
@@ -88,7 +114,7 @@ def run_show(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"simulate": run_simulate, "show": run_show}
+    commands = {"simulate": run_simulate, "evaluate": run_evaluate, "show": run_show}
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
     return run_bids_app(argv)

@@ -8,12 +8,17 @@ distance), so two detections on one lesion give one hit and one false positive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
+
+from cmbflow.errors import InputError
+from cmbflow.image import voxel_sizes
 
 #: Operating points of the FROC summary (false positives per scan).
 FROC_FP_RATES = (0.5, 1.0, 2.0, 4.0)
@@ -160,4 +165,60 @@ def froc(
     return {
         float(rate): float(curve.loc[curve["fp_per_scan"] <= rate, "sensitivity"].max())
         for rate in fp_rates
+    }
+
+
+def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
+    """Compare a workflow's outputs with a simulator's ground truth (``derivatives/simulation``).
+
+    Returns lesion-level metrics of the final calls, candidate-stage recall, per-region
+    sensitivity and the FROC of the candidates' probabilities, over every subject/session that
+    has both truth and outputs.
+    """
+    truth_dir, output_dir = Path(truth_dir), Path(output_dir)
+    scans = []
+    for truth_tsv in sorted(truth_dir.rglob("*_desc-truth_lesions.tsv")):
+        prefix = truth_tsv.name.removesuffix("_desc-truth_lesions.tsv")
+        folder = output_dir / truth_tsv.parent.relative_to(truth_dir)
+        calls_tsv = folder / f"{prefix}_desc-cmb_detections.tsv"
+        if not calls_tsv.exists():
+            continue
+        truth = pd.read_csv(truth_tsv, sep="\t")
+        truth = truth[truth["kind"] == "cmb"].reset_index(drop=True)
+        calls = pd.read_csv(calls_tsv, sep="\t")
+        candidates = pd.read_csv(folder / f"{prefix}_desc-candidates_detections.tsv", sep="\t")
+        voxel = voxel_sizes(nib.load(folder / f"{prefix}_desc-brain_mask.nii.gz").affine)
+        scans.append((prefix, truth, calls, candidates, voxel))
+    if not scans:
+        raise InputError("no subject has both ground truth and cmbflow outputs", path=output_dir,
+                         fix="point TRUTH_DIR at derivatives/simulation and OUTPUT_DIR at the workflow output")
+
+    def xyz(table: pd.DataFrame) -> npt.NDArray[np.float64]:
+        return table[["x", "y", "z"]].to_numpy(dtype=float)
+
+    matches = [match_detections(xyz(c), xyz(t), t["diameter_mm"] / 2, v) for _, t, c, _, v in scans]
+    candidate_matches = [match_detections(xyz(k), xyz(t), t["diameter_mm"] / 2, v) for _, t, _, k, v in scans]
+    regions = {}
+    for region in sorted({r for _, t, *_ in scans for r in t["region"]}):
+        hit = total = 0
+        for match, (_, truth, *_rest) in zip(matches, scans):
+            in_region = set(np.flatnonzero(truth["region"].to_numpy() == region))
+            total += len(in_region)
+            hit += len(in_region & set(match.pairs[:, 1].tolist()))
+        regions[region] = {"lesions": total, "sensitivity": hit / total if total else float("nan")}
+    per_scan = [
+        {"scan": name, "lesions": len(t), "true_positives": m.true_positives, "false_positives": m.false_positives}
+        for (name, t, *_), m in zip(scans, matches)
+    ]
+    curve = froc(
+        [k["probability"].to_numpy() for *_, k, _ in scans], [xyz(k) for *_, k, _ in scans],
+        [xyz(t) for _, t, *_ in scans], [t["diameter_mm"] / 2 for _, t, *_ in scans], [v for *_, v in scans],
+    )
+    return {
+        "calls": detection_metrics(matches),
+        "candidate_recall": detection_metrics(candidate_matches)["sensitivity"],
+        "candidates_per_scan": float(np.mean([len(k) for *_, k, _ in scans])),
+        "froc_sensitivity_at_fp_per_scan": {str(rate): sens for rate, sens in curve.items()},
+        "per_region": regions,
+        "per_scan": per_scan,
     }
