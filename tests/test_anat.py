@@ -29,7 +29,9 @@ def _rotation(degrees: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _grid(voxel: tuple[float, float, float], shape: tuple[int, int, int], axes: np.ndarray, centre: np.ndarray) -> np.ndarray:
+def _grid(
+    voxel: tuple[float, float, float], shape: tuple[int, int, int], axes: np.ndarray, centre: np.ndarray
+) -> np.ndarray:
     """Affine of a grid whose array axes run along the world directions ``axes`` (columns)."""
     affine = np.eye(4)
     affine[:3, :3] = axes * np.asarray(voxel)
@@ -97,7 +99,8 @@ def phantom() -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
 def registered(phantom, tmp_path_factory):
     img, mask, _ = phantom
     out = tmp_path_factory.mktemp("reg")
-    return anat.register_to_mni(img, mask, out / "sub-01_", transform="affine")
+    # The 3 mm template keeps the tests fast; the default 2 mm runs in the brain mask test.
+    return anat.register_to_mni(img, mask, out / "sub-01_", transform="affine", resolution_mm=3)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -131,8 +134,8 @@ def test_to_ants_rejects_sheared_affine():
         anat.to_ants(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), affine))
 
 
-def test_n4_removes_most_of_a_known_bias_field():
-    clean, mask, _ = _head_phantom(seed=5)
+def test_n4_removes_most_of_a_known_bias_field(phantom):
+    clean, mask, _ = phantom
     log_bias = _log_bias(clean.affine, clean.shape)
     biased = nib.Nifti1Image(clean.get_fdata(dtype=np.float32) * np.exp(log_bias).astype(np.float32), clean.affine)
 
@@ -148,7 +151,7 @@ def test_registration_maps_known_points_to_mni(phantom, registered):
     points = ijk_to_xyz(img.affine, np.argwhere(mask)[::97])
     truth = nib.affines.apply_affine(mni_from_world, points)
     error = np.linalg.norm(anat.points_to_mni(points, registered) - truth, axis=1)
-    assert np.median(error) < 1.0 and error.max() < 2.0  # measured: median 0.13, max 0.33 mm
+    assert np.median(error) < 1.0 and error.max() < 2.0  # measured: median 0.27, max 0.57 mm
     back = anat.points_from_mni(anat.points_to_mni(points, registered), registered)
     np.testing.assert_allclose(back, points, atol=0.05)
     assert anat.points_to_mni(np.zeros((0, 3)), registered).shape == (0, 3)
@@ -158,14 +161,14 @@ def test_registration_outputs_files_similarity_and_warped_image(phantom, registe
     img, mask, _ = phantom
     transforms = anat.Transforms.at(registered.transforms.affine.parent / "sub-01_")
     assert transforms == registered.transforms and transforms.warp is None
-    assert registered.warped.shape == anat._template(2)[0].shape
-    # The QC number drops when the alignment is off (measured 0.087 aligned, 0.029 10 mm off).
-    template, template_mask = anat._template(2)
-    off = np.roll(registered.warped.get_fdata(), 5, axis=0)
+    assert registered.warped.shape == anat._template(3)[0].shape
+    # The QC number drops when the alignment is off (measured 0.30 aligned, 0.02 when 12 mm off).
+    template, template_mask = anat._template(3)
+    off = np.roll(registered.warped.get_fdata(), 4, axis=0)
     off_similarity = anat._entropy_correlation(off, template.get_fdata(), template_mask.get_fdata() > 0.5)
-    assert registered.similarity > 0.05 and off_similarity < 0.6 * registered.similarity
+    assert registered.similarity > 0.15 and off_similarity < 0.5 * registered.similarity
     # Reruns give byte-identical transforms (fixed seed, one ITK thread).
-    again = anat.register_to_mni(img, mask, tmp_path / "again_", transform="affine")
+    again = anat.register_to_mni(img, mask, tmp_path / "again_", transform="affine", resolution_mm=3)
     digest = [hashlib.sha256(r.transforms.affine.read_bytes()).hexdigest() for r in (registered, again)]
     assert digest[0] == digest[1]
 
@@ -175,7 +178,8 @@ def test_syn_registration_points_round_trip(phantom, tmp_path):
     result = anat.register_to_mni(img, mask, tmp_path / "syn_", transform="syn", resolution_mm=3)
     assert result.transforms.warp.exists() and result.transforms.inverse_warp.exists()
     points = ijk_to_xyz(img.affine, np.argwhere(mask)[::211])
-    error = np.linalg.norm(anat.points_to_mni(points, result) - nib.affines.apply_affine(mni_from_world, points), axis=1)
+    truth = nib.affines.apply_affine(mni_from_world, points)
+    error = np.linalg.norm(anat.points_to_mni(points, result) - truth, axis=1)
     assert np.median(error) < 1.5  # measured 0.7 mm (max 1.8) at the 3 mm template
     # A rerun with affine only must not leave the SyN warps behind under that prefix.
     anat.register_to_mni(img, mask, tmp_path / "syn_", transform="affine", resolution_mm=3)
@@ -185,13 +189,13 @@ def test_syn_registration_points_round_trip(phantom, tmp_path):
 def test_mni_mask_pulled_onto_subject_matches_truth(phantom, registered):
     img, mask, _ = phantom
     pulled = anat.mni_to_subject_image(anat._template(1)[1], img, registered).get_fdata() > 0.5
-    assert _dice(pulled, mask) > 0.97  # measured 0.992
+    assert _dice(pulled, mask) > 0.97  # measured 0.991
 
 
-@pytest.mark.parametrize(("method", "bound"), [("auto", 0.96), ("intensity", 0.92)])
+@pytest.mark.parametrize(("method", "bound"), [("auto", 0.96), ("intensity", 0.90)])
 def test_brain_mask_dice_on_phantom(phantom, method, bound):
     img, mask, _ = phantom
-    found = anat.brain_mask(img, method=method)  # measured Dice: template 0.983, intensity 0.945
+    found = anat.brain_mask(img, method=method)  # measured Dice: auto (template) 0.983, intensity 0.933
     assert found.shape == img.shape and found.dtype == bool
     assert _dice(found, mask) > bound
 

@@ -54,7 +54,7 @@ def test_per_subject_outputs(run):
             sidecar = json.loads((anat / f"{sub}_desc-{desc}_detections.json").read_text())
             assert sidecar["x"]["Units"] == "mm" and sidecar["Sources"]
         assert (anat / f"{sub}_desc-brain_mask.nii.gz").exists()
-        assert (run / sub / "xfm" / f"{sub}_from-T2starw_to-MNI152NLin2009aAsym_mode-image_xfm.mat").exists()
+        assert (run / sub / "xfm" / f"{sub}_from-T2starw_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
     assert (run / "sub-001" / "anat" / "sub-001_desc-swi_T2starw.nii.gz").exists()
     assert not (run / "sub-003" / "anat" / "sub-003_desc-swi_T2starw.nii.gz").exists()
     description = json.loads((run / "dataset_description.json").read_text())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,6 @@ def run_step(snakemake: Any, func: Callable[..., object], **kwargs: Any) -> None
     ``--keep-going`` moves on to other subjects and the message is easy to find); other errors
     keep their traceback because they are bugs, not bad data.
     """
-    os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", str(snakemake.threads))
     if "torch" in sys.modules:  # stay within the job's CPU allocation
         sys.modules["torch"].set_num_threads(snakemake.threads)
     logging.basicConfig(
