@@ -35,8 +35,9 @@ STAGES = [
     ("detect (classical calls)", "stages.call_microbleeds('{d}/cand.tsv', '{d}/cmb.tsv', '{d}/cmb.json', ClassicalParams(), 'sub-001')"),
 ]
 
+# Peak RSS from VmHWM: unlike getrusage's ru_maxrss, it is not inherited from the parent.
 RUNNER = """
-import resource, sys, time
+import re, sys, time
 from cmbflow import stages
 from cmbflow.candidates import CandidateParams
 from cmbflow.classical import ClassicalParams
@@ -45,7 +46,9 @@ import torch
 torch.set_num_threads({threads})
 start = time.perf_counter()
 {statement}
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+wall = time.perf_counter() - start
+peak_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+print(wall, peak_kb / 1024)
 """
 
 FRST_RUNNER = """
