@@ -15,10 +15,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+# Seed 900: three subjects with 14 microbleeds, 5 calcifications and veins between them.
 demo: $(BIN)/.installed
-	$(BIN)/cmbflow simulate $(DEMO)/bids --subjects 3 --seed 1 --preset standard
+	$(BIN)/cmbflow simulate $(DEMO)/bids --subjects 3 --seed 900 --preset standard
 	$(BIN)/cmbflow $(DEMO)/bids $(DEMO)/derivatives participant --cores $(CORES)
 	$(BIN)/cmbflow show $(DEMO)/derivatives
+	$(BIN)/cmbflow evaluate $(DEMO)/bids/derivatives/simulation $(DEMO)/derivatives
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
