@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from cmbflow.image import atomic_path, write_json
@@ -56,7 +55,3 @@ def read_detections(tsv: str | Path) -> pd.DataFrame:
     """Read a detections table written by :func:`write_detections`."""
     return pd.read_csv(tsv, sep="\t", na_values="n/a", keep_default_na=False)
 
-
-def empty_detections(extra_columns: list[str] = ()) -> pd.DataFrame:
-    """A table with the core columns and no rows (a scan without candidates)."""
-    return pd.DataFrame({c: pd.Series(dtype=np.float64) for c in [*CORE_COLUMNS, *extra_columns]})

@@ -56,9 +56,8 @@ def load_image(
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise fail(f"not a NIfTI image ({type(img).__name__})", "convert it to NIfTI (e.g. dcm2niix)")
 
-    data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 and all(
-        s == 1 for s in data.shape[3:]
-    ) else data
+    while data.ndim > 3 and data.shape[-1] == 1:  # trailing singleton axes (e.g. 64x64x30x1)
+        data = data[..., 0]
     if data.ndim == 4 and not allow_4d:
         raise fail(
             f"4D image of shape {data.shape} where a 3D volume is expected",

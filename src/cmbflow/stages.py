@@ -199,8 +199,8 @@ def summarise_subject(
 ) -> None:
     """One subject's row of the cohort summary (counts, acquisition, QC metrics)."""
     meta = read_sidecar(source)
-    header = nib.load(mag).header
-    vox = voxel_sizes(nib.load(mag).affine)
+    img = nib.load(mag)
+    vox = voxel_sizes(img.affine)
     subject, _, session = label.partition("_")
     te = meta.get("EchoTime")
     row = {
@@ -215,7 +215,7 @@ def summarise_subject(
         "voxel_size_x_mm": round(float(vox[0]), 4),
         "voxel_size_y_mm": round(float(vox[1]), 4),
         "voxel_size_z_mm": round(float(vox[2]), 4),
-        "matrix": "x".join(str(s) for s in header.get_data_shape()[:3]),
+        "matrix": "x".join(str(s) for s in img.shape[:3]),
         "brain_volume_ml": json.loads(Path(mask_json).read_text())["BrainVolume_ml"],
         "registration_similarity": json.loads(Path(xfm_json).read_text())["RegistrationSimilarity"],
         "source": str(source),
