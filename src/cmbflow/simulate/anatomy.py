@@ -240,24 +240,21 @@ def place_lesions(canvas: MniCanvas, params: SubjectParams, rng: np.random.Gener
     Fewer than asked are returned only when no free position is found (recorded as realised).
     """
     placed: list[Lesion] = []
-    regions = list(CMB_REGION_WEIGHTS)
-    weights = np.array(list(CMB_REGION_WEIGHTS.values()))
-    for _ in range(params.n_cmb):
-        site = regions[int(rng.choice(len(regions), p=weights))]
-        diameter = round(float(rng.uniform(*params.cmb_diameter_mm)), 3)
-        chi = round(float(rng.uniform(*params.cmb_chi_ppm)), 4)
-        lesion = _draw_lesion(canvas, "cmb", site, diameter, chi, placed, params.head_scale, rng)
-        if lesion is not None:
-            placed.append(lesion)
-    sites = list(CALCIFICATION_SITE_WEIGHTS)
-    weights = np.array(list(CALCIFICATION_SITE_WEIGHTS.values()))
-    for _ in range(params.n_calcifications):
-        site = sites[int(rng.choice(len(sites), p=weights))]
-        diameter = round(float(rng.uniform(*params.calcification_diameter_mm)), 3)
-        chi = round(float(rng.uniform(*params.calcification_chi_ppm)), 4)
-        lesion = _draw_lesion(canvas, "calcification", site, diameter, chi, placed, params.head_scale, rng)
-        if lesion is not None:
-            placed.append(lesion)
+    kinds = (
+        ("cmb", params.n_cmb, CMB_REGION_WEIGHTS, params.cmb_diameter_mm, params.cmb_chi_ppm),
+        ("calcification", params.n_calcifications, CALCIFICATION_SITE_WEIGHTS,
+         params.calcification_diameter_mm, params.calcification_chi_ppm),
+    )
+    for kind, count, site_weights, diameter_range, chi_range in kinds:
+        sites = list(site_weights)
+        weights = np.array(list(site_weights.values()))
+        for _ in range(count):
+            site = sites[int(rng.choice(len(sites), p=weights))]
+            diameter = round(float(rng.uniform(*diameter_range)), 3)
+            chi = round(float(rng.uniform(*chi_range)), 4)
+            lesion = _draw_lesion(canvas, kind, site, diameter, chi, placed, params.head_scale, rng)
+            if lesion is not None:
+                placed.append(lesion)
     return placed
 
 
