@@ -19,11 +19,11 @@ def _discover():
         exclude_participant_label=CFG.exclude_participant_label or None,
         pybidsdb_dir=CFG.pybidsdb_dir,
     )
-    rows = {
-        name: [dict(zip(comp.zip_lists, values), path=comp.path.format(**dict(zip(comp.zip_lists, values))))
-               for values in zip(*comp.zip_lists.values())]
-        for name, comp in dataset.items()
-    }
+    rows = {name: [] for name in dataset}
+    for name, comp in dataset.items():
+        for values in zip(*comp.zip_lists.values()):
+            entities = dict(zip(comp.zip_lists, values))
+            rows[name].append(entities | {"path": comp.path.format(**entities)})
     subjects = collect_subject_inputs(rows, CFG.echo)
     if not subjects:
         wanted = f" for participant(s) {', '.join(CFG.participant_label)}" if CFG.participant_label else ""
