@@ -19,12 +19,17 @@ include: "rules/common.smk"
 include: "rules/anat.smk"
 include: "rules/phase.smk"
 include: "rules/candidates.smk"
-include: "rules/detect.smk"
+include: "rules/classify.smk"
+include: "rules/train.smk"
 include: "rules/group.smk"
+
+
+def analysis_outputs(wildcards):
+    require_dataset(CFG)  # stops here, with one line, when bids_dir or output_dir is missing
+    return [*rules.dataset_description.output, *rules.cohort.output]
 
 
 rule all:
     default_target: True
     input:
-        rules.dataset_description.output,
-        rules.cohort.output,
+        analysis_outputs,

@@ -31,8 +31,8 @@ STAGES = [
     ("brain_mask", "stages.make_brain_mask('{d}/n4.nii.gz', None, '{d}/mask.nii.gz', '{d}/mask.json', 'sub-001')"),
     ("register_to_mni (affine)", "stages.register_to_template('{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/xfm/x.mat', '{d}/warped.nii.gz', '{d}/xfm/x.json', 'sub-001')"),
     ("phase_preproc", "stages.preprocess_phase('{d}/n4.nii.gz', '{d}/bids/sub-001/anat/sub-001_part-phase_T2starw.nii.gz', '{d}/mask.nii.gz', 'last', '{d}/hp.nii.gz', '{d}/hp.json', '{d}/swi.nii.gz', '{d}/swi.json', PhaseConfig(), 'sub-001')"),
-    ("candidates (FRST + threshold/shape + features)", "stages.detect_candidates('{d}/swi.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/cand.tsv', '{d}/cand.json', CandidateParams(), ClassicalParams(), -1, '{device}', 'sub-001')"),
-    ("detect (classical calls)", "stages.call_microbleeds('{d}/cand.tsv', '{d}/cmb.tsv', '{d}/cmb.json', ClassicalParams(), 'sub-001')"),
+    ("candidates (FRST + threshold/shape + features)", "stages.detect_candidates('{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/stage1.tsv', '{d}/stage1.json', CandidateParams(), -1, '{device}', 'sub-001')"),
+    ("classify (CNN on every candidate)", "stages.classify_candidates('{d}/stage1.tsv', '{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/cand.tsv', '{d}/cand.json', '{d}/cmb.tsv', '{d}/cmb.json', ClassifierConfig(), -1, '{device}', 'sub-001')"),
 ]
 
 # Peak RSS from VmHWM: unlike getrusage's ru_maxrss, it is not inherited from the parent.
@@ -40,8 +40,7 @@ RUNNER = """
 import re, sys, time
 from cmbflow import stages
 from cmbflow.candidates import CandidateParams
-from cmbflow.classical import ClassicalParams
-from cmbflow.config import PhaseConfig
+from cmbflow.config import ClassifierConfig, PhaseConfig
 import torch
 torch.set_num_threads({threads})
 start = time.perf_counter()

@@ -1,5 +1,5 @@
 # Stage 1: candidates from the fast radial symmetry transform fused with threshold + shape
-# rules. Runs on a GPU when there is one (config: device).
+# rules, with their features. Runs on a GPU when there is one (config: device).
 
 
 rule candidates:
@@ -7,13 +7,12 @@ rule candidates:
         unpack(candidate_inputs),
         mask=rules.brain_mask.output.mask,
     output:
-        tsv=out(desc="candidates", suffix="detections.tsv"),
-        json=out(desc="candidates", suffix="detections.json"),
+        tsv=temp(out(desc="stage1", suffix="detections.tsv")),
+        json=temp(out(desc="stage1", suffix="detections.json")),
     params:
         label=label,
         device=CFG.device,
         candidates=CFG.candidates.model_dump(),
-        classifier=CFG.classical.model_dump(),
         paramagnetic_sign=CFG.phase.paramagnetic_sign,
     log:
         log_path("candidates"),

@@ -2,12 +2,12 @@
 import snakebids
 from snakebids import bids
 
-from cmbflow.config import load_config
+from cmbflow.config import load_config, require_dataset
 from cmbflow.errors import InputError
 from cmbflow.inputs import collect_subject_inputs
 
 snakebids.set_bids_spec("v0_15_0")  # BIDS entity order (part- before desc-)
-CFG = load_config(config)
+CFG = load_config(config, need_dataset=False)  # snakemake train needs no dataset
 OUT = str(CFG.output_dir)
 
 
@@ -35,7 +35,7 @@ def _discover():
     return {s.label: s for s in subjects}
 
 
-SUBJECTS = _discover()
+SUBJECTS = _discover() if CFG.bids_dir else {}
 HAS_SESSIONS = any(s.session for s in SUBJECTS.values())
 # Output wildcards: one job set per subject (and session); sessions only when the data have them.
 WILDCARDS = {"subject": "{subject}"} | ({"session": "{session}"} if HAS_SESSIONS else {})
@@ -65,7 +65,7 @@ def candidate_inputs(wildcards):
     """The bias-corrected magnitude, plus the high-pass phase when the subject has phase.
 
     Not the SWI: its phase mask darkens a microbleed's dipole lobes along B0, so bleeds look
-    elongated and the candidates multiply (measured in benchmarks/tune_classical.py --image swi).
+    elongated and the candidates multiply (measured: see benchmarks/RESULTS.md).
     """
     inputs = {"image": rules.bias_correct.output.mag}
     if has_phase(wildcards):

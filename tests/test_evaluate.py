@@ -1,13 +1,16 @@
-"""Lesion matching, detection metrics and FROC on hand-made cases."""
+"""Lesion matching, detection metrics, FROC and output evaluation on hand-made cases."""
 
 from __future__ import annotations
 
+import json
 import math
 
+import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 
-from cmbflow.evaluate import detection_metrics, froc, froc_curve, match_detections
+from cmbflow.evaluate import detection_metrics, evaluate_outputs, froc, froc_curve, match_detections, plot_froc
 
 VOXEL = (0.9, 0.9, 1.8)  # tolerance = radius + 1.8 mm
 
@@ -76,3 +79,87 @@ def test_froc_by_hand() -> None:
 def test_froc_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError):
         froc_curve([[0.5]], [[[0, 0, 0]], [[1, 1, 1]]], [[], []], [[], []], [VOXEL, VOXEL])
+
+
+def _write_scan(root, sub, affine, truth, candidates, calls, has_phase):
+    """A subject's truth TSV under root/truth and workflow outputs under root/out."""
+    truth_anat = root / "truth" / sub / "anat"
+    out_anat = root / "out" / sub / "anat"
+    truth_anat.mkdir(parents=True)
+    out_anat.mkdir(parents=True)
+    columns = ["x", "y", "z", "kind", "diameter_mm", "region"]
+    pd.DataFrame(truth, columns=columns).to_csv(truth_anat / f"{sub}_desc-truth_lesions.tsv", sep="\t", index=False)
+    pd.DataFrame(candidates, columns=["x", "y", "z", "probability"]).to_csv(
+        out_anat / f"{sub}_desc-candidates_detections.tsv", sep="\t", index=False)
+    pd.DataFrame(calls, columns=["x", "y", "z"]).to_csv(
+        out_anat / f"{sub}_desc-cmb_detections.tsv", sep="\t", index=False)
+    grid = nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.uint8), affine)
+    nib.save(grid, out_anat / f"{sub}_desc-brain_mask.nii.gz")
+    if has_phase:
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), affine),
+                 out_anat / f"{sub}_part-phase_desc-hpphase_T2starw.nii.gz")
+
+
+@pytest.fixture()
+def two_scans(tmp_path):
+    # sub-01 (phase; 0.9x0.9x1.8 mm, tolerance r + 1.8): bleeds at 0 and 50 (r 1), a calcification
+    # at 20 that must not count; candidates hit 0 (p .9), the calcification (FP, p .8), 50 (p .3);
+    # calls: only the hit on 0.
+    _write_scan(tmp_path, "sub-01", np.diag([0.9, 0.9, 1.8, 1.0]),
+                [[0, 0, 0, "cmb", 2, "lobar"], [50, 0, 0, "cmb", 2, "deep"], [20, 0, 0, "calcification", 3, "deep"]],
+                [[0, 0, 0.5, 0.9], [20, 0, 0, 0.8], [50, 0, 1, 0.3]], [[0, 0, 0.5]], has_phase=True)
+    # sub-02 (magnitude only; LPS 1 mm, tolerance r + 1): bleed at (10,10,10) r 2; candidates hit it
+    # (p .6) and a FP (p .7); both are called.
+    _write_scan(tmp_path, "sub-02", np.diag([-1.0, -1.0, 1.0, 1.0]),
+                [[10, 10, 10, "cmb", 4, "lobar"]],
+                [[10, 10, 11, 0.6], [30, 0, 0, 0.7]], [[10, 10, 11], [30, 0, 0]], has_phase=False)
+    return tmp_path
+
+
+def test_evaluate_outputs_split_by_phase(two_scans) -> None:
+    result = evaluate_outputs(two_scans / "truth", two_scans / "out")
+    phase, magnitude = result["by_phase"]["phase"], result["by_phase"]["magnitude_only"]
+    assert (phase["scans"], magnitude["scans"], result["scans"]) == (1, 1, 2)
+    assert [phase["calls"][k] for k in ("true_positives", "false_positives", "false_negatives")] == [1, 0, 1]
+    assert (magnitude["calls"]["sensitivity"], magnitude["calls"]["fp_per_scan"]) == (1.0, 1.0)
+    assert result["calls"]["sensitivity"] == pytest.approx(2 / 3) and result["calls"]["fp_per_scan"] == 0.5
+    assert phase["candidate_recall"] == magnitude["candidate_recall"] == result["candidate_recall"] == 1.0
+    # Phase: .9 -> 1/2 at 0 FP, .3 -> 2/2 at 1 FP/scan. Magnitude: .6 keeps the .7 FP too.
+    assert phase["froc_sensitivity_at_fp_per_scan"] == pytest.approx({"0.5": 0.5, "1.0": 1, "2.0": 1, "4.0": 1})
+    assert magnitude["froc_sensitivity_at_fp_per_scan"] == pytest.approx({"0.5": 0, "1.0": 1, "2.0": 1, "4.0": 1})
+    # Pooled: .9 -> 1/3 at 0; .6 -> 2/3 with FPs .8 and .7 (1 per scan); .3 -> 3/3 at 1.
+    assert result["froc_sensitivity_at_fp_per_scan"] == pytest.approx({"0.5": 1 / 3, "1.0": 1, "2.0": 1, "4.0": 1})
+    assert result["froc_curve"]["phase"] == [[0, 0, None], [0, 0.5, 0.9], [1, 1, 0.3]]
+    assert result["froc_curve"]["magnitude_only"] == [[0, 0, None], [1, 1, 0.6]]
+    assert result["froc_curve"]["all"] == [[0, 0, None], [0, 1 / 3, 0.9], [1, 2 / 3, 0.6], [1, 1, 0.3]]
+    assert [s["phase"] for s in result["per_scan"]] == [True, False]
+    assert result["per_region"]["lobar"] == {"lesions": 2, "sensitivity": 1.0}
+    assert json.loads(json.dumps(result))["by_phase"]["phase"]["scans"] == 1
+
+
+def test_by_phase_leaves_out_an_empty_group(two_scans) -> None:
+    (two_scans / "out" / "sub-01" / "anat" / "sub-01_part-phase_desc-hpphase_T2starw.nii.gz").unlink()
+    result = evaluate_outputs(two_scans / "truth", two_scans / "out")
+    assert list(result["by_phase"]) == ["magnitude_only"]
+    assert result["by_phase"]["magnitude_only"]["calls"] == result["calls"]
+    assert set(result["froc_curve"]) == {"all", "magnitude_only"}
+
+
+def test_plot_froc_writes_png(tmp_path) -> None:
+    path = tmp_path / "froc.png"
+    curves = {"all": [[0, 0, None], [0.5, 0.6, 0.9], [2.0, 0.9, 0.2]], "none": []}
+    plot_froc(curves, path, operating_points={"all": (0.5, 0.6)})
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_cli_evaluate_writes_json_and_plot(two_scans, capsys) -> None:
+    from cmbflow.cli import run_evaluate
+
+    assert run_evaluate([str(two_scans / "truth"), str(two_scans / "out"),
+                         "--json", str(two_scans / "e.json"), "--plot", str(two_scans / "froc.png")]) == 0
+    printed = capsys.readouterr().out
+    assert ("phase: 1 scans, 2 microbleeds: sensitivity 0.500, FP/scan 0.00, "
+            "FROC at 0.5 FP 0.500, at 1 FP 1.000") in printed
+    assert "magnitude-only: 1 scans, 1 microbleeds: sensitivity 1.000, FP/scan 1.00" in printed
+    assert json.loads((two_scans / "e.json").read_text())["froc_curve"]["all"][0] == [0.0, 0.0, None]
+    assert (two_scans / "froc.png").read_bytes()[:4] == b"\x89PNG"

@@ -83,10 +83,13 @@ def test_sampling_is_deterministic_and_within_preset_ranges():
     assert {p.b0_tesla for p in standard} == {1.5, 3.0}
     diverse = [sample_subject_params(np.random.default_rng([3, i]), "diverse") for i in range(1, 80)]
     assert {p.phase_units for p in diverse} == {"rad", "arbitrary"}
-    assert {p.paramagnetic_sign for p in diverse} == {-1, 1}
+    assert {p.paramagnetic_sign for p in diverse} == {-1}  # a site convention, set in the config
     assert 0.05 < np.mean([not p.has_phase for p in diverse]) < 0.4
     assert len({p.orientation for p in diverse}) > 10
     assert all(0.015 <= p.te_s <= 0.040 and 10 <= p.snr <= 40 for p in diverse)
+    training = [sample_subject_params(np.random.default_rng([3, i]), "training") for i in range(1, 40)]
+    assert all(p.n_cmb >= 5 and p.n_calcifications >= 1 for p in training)
+    assert np.mean([p.n_cmb for p in training]) > 2 * np.mean([p.n_cmb for p in diverse])
     with pytest.raises(InputError, match="orientation"):
         dataclasses.replace(standard[0], orientation="RRS")
     with pytest.raises(InputError, match="preset"):

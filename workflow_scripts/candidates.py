@@ -1,5 +1,4 @@
 from cmbflow.candidates import CandidateParams
-from cmbflow.classical import ClassicalParams
 from cmbflow.stages import detect_candidates
 from cmbflow.step import run_step
 
@@ -12,7 +11,6 @@ run_step(
     out_tsv=snakemake.output.tsv,
     out_json=snakemake.output.json,
     params=CandidateParams(**snakemake.params.candidates),
-    classifier=ClassicalParams(**snakemake.params.classifier),
     paramagnetic_sign=snakemake.params.paramagnetic_sign,
     device=snakemake.params.device,
     label=snakemake.params.label,

@@ -10,12 +10,13 @@ independent of scanner scaling and bias residue):
 Seeds are moved to the darkest voxel nearby and merged by distance (non-maximum suppression).
 Each candidate is then measured against its own surroundings (a bleed inside a dark, iron-rich
 nucleus keeps its contrast and shape; see :func:`lesion_region`) and gets the shape, contrast
-and phase features the classical rules and the network use. Candidates fainter than
-``min_contrast`` or smaller than ``min_radius_mm`` are dropped.
+and phase features (reported in the candidates table). Candidates fainter than
+``min_contrast`` or smaller than ``min_radius_mm`` are dropped. Stage 2 (:mod:`cmbflow.model`)
+decides which candidates are microbleeds.
 
-Measured with ``benchmarks/tune_classical.py`` on simulated standard-preset scans (magnitude
-input, true mask): every bleed became a candidate (43/43 tuning, 88/88 held-out), with a median
-of 58-76 candidates per scan (max 496 on a noisy scan).
+The defaults favour recall: the FRST threshold was lowered from 0.02 to 0.01 when thin-voxel
+(0.6 x 0.6 x 1.9 mm) scans lost deep bleeds whose response spread over more voxels (measured
+recall on four ``diverse`` scans 35/37 -> 37/37; see benchmarks/RESULTS.md for cohort figures).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class CandidateParams(BaseModel):
     frst_radii_mm: tuple[float, ...] = Field((1.0, 1.5, 2.0, 3.0, 4.0), min_length=1)
     frst_alpha: float = Field(2.0, gt=0)
     frst_gradient_quantile: float = Field(0.7, ge=0, lt=1)
-    frst_threshold: float = Field(0.02, ge=0, description="least FRST response of an FRST peak")
+    frst_threshold: float = Field(0.01, ge=0, description="least FRST response of an FRST peak")
     min_diameter_mm: float = Field(2.0, gt=0, description="least equivalent diameter of a dark component")
     max_diameter_mm: float = Field(12.0, gt=0, description="largest equivalent diameter of a dark component")
     min_radius_mm: float = Field(0.9, ge=0, description="least apparent radius of a candidate (drops "

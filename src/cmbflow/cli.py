@@ -2,8 +2,8 @@
 
     cmbflow BIDS_DIR OUTPUT_DIR participant [--participant-label 01 02] [snakemake args...]
     cmbflow BIDS_DIR OUTPUT_DIR group
-    cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse]
-    cmbflow evaluate TRUTH_DIR OUTPUT_DIR [--json FILE]
+    cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse|training]
+    cmbflow evaluate TRUTH_DIR OUTPUT_DIR [--json FILE] [--plot PNG]
     cmbflow show OUTPUT_DIR
 """
 
@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+
+from cmbflow.simulate.params import PRESETS
 
 #: The workflow lives at the root of the source checkout that provides this package.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +65,7 @@ def run_simulate(argv: list[str]) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--subjects", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=["tiny", "standard", "diverse"], default="standard")
+    parser.add_argument("--preset", choices=PRESETS, default="standard")
     parser.add_argument("--sessions", action="store_true", help="give every subject a session (ses-01)")
     args = parser.parse_args(argv)
     from cmbflow.simulate import simulate_cohort
@@ -77,13 +79,15 @@ def run_evaluate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cmbflow evaluate",
         description="Compare workflow outputs with simulated ground truth: sensitivity, precision, "
-        "FP per scan, FROC, candidate recall, per-region sensitivity.",
+        "FP per scan, FROC, candidate recall, per-region sensitivity; overall and split by whether "
+        "the scan's phase was used.",
     )
     parser.add_argument("truth_dir", type=Path, help="the simulator's derivatives/simulation folder")
     parser.add_argument("output_dir", type=Path, help="the workflow's output_dir")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--plot", type=Path, help="also draw the FROC curves (overall and per group) to this PNG")
     args = parser.parse_args(argv)
-    from cmbflow.evaluate import evaluate_outputs
+    from cmbflow.evaluate import evaluate_outputs, plot_froc
     from cmbflow.image import write_json
 
     result = evaluate_outputs(args.truth_dir, args.output_dir)
@@ -93,8 +97,22 @@ def run_evaluate(argv: list[str]) -> int:
     print(f"candidate recall {result['candidate_recall']:.3f} ({result['candidates_per_scan']:.0f} candidates/scan)")
     print("FROC sensitivity at FP/scan " + ", ".join(f"{k}: {v:.3f}" for k, v in result["froc_sensitivity_at_fp_per_scan"].items()))
     print("per region: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})" for k, v in result["per_region"].items()))
+    for group, figures in result["by_phase"].items():
+        found, froc_at = figures["calls"], figures["froc_sensitivity_at_fp_per_scan"]
+        print(f"{group.replace('_', '-')}: {figures['scans']} scans, {int(found['lesions'])} microbleeds: "
+              f"sensitivity {found['sensitivity']:.3f}, FP/scan {found['fp_per_scan']:.2f}, "
+              f"FROC at 0.5 FP {froc_at['0.5']:.3f}, at 1 FP {froc_at['1.0']:.3f}")
     if args.json:
         write_json(result, args.json)
+    if args.plot:
+        groups = {"all": result, **result["by_phase"]}
+        labels = {group: f"{group.replace('_', '-')} ({figures['scans']} scans)" for group, figures in groups.items()}
+        plot_froc(
+            {labels[group]: points for group, points in result["froc_curve"].items()},
+            args.plot,
+            operating_points={labels[group]: (figures["calls"]["fp_per_scan"], figures["calls"]["sensitivity"])
+                              for group, figures in groups.items()},
+        )
     return 0
 
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cmbflow.candidates import CandidateParams
-from cmbflow.classical import ClassicalParams
 from cmbflow.errors import InputError
+from cmbflow.training import TrainParams
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ECHO_RULE = re.compile(r"^(first|last|closest:\d+(\.\d+)?)$")
@@ -71,11 +71,36 @@ class PhaseConfig(_Strict):
         return -1 if self.paramagnetic_phase == "negative" else 1
 
 
+class ClassifierConfig(_Strict):
+    """Stage 2: which trained model scores the candidates, and where calls start."""
+
+    model_dir: Path | None = Field(
+        None, description="folder with phase.safetensors, magnitude.safetensors and model_card.json; "
+        "null = the model shipped with cmbflow")
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="least probability of a call; null = the model card's threshold, "
+        "chosen on the validation cohort")
+
+
+class TrainingConfig(_Strict):
+    """``snakemake train``: simulated cohorts, and how the classifier is trained on them."""
+
+    dir: Path = Field(Path("training"), description="where cohorts, patches and the new model go")
+    train_subjects: int = Field(40, ge=2)
+    train_seed: int = Field(3000, ge=0)
+    validation_subjects: int = Field(20, ge=1)
+    validation_seed: int = Field(4000, ge=0)
+    max_fp_per_scan: dict[Literal["phase", "magnitude"], float] = Field(
+        default_factory=lambda: {"phase": 0.5, "magnitude": 1.0},
+        description="operating point of each model on the validation cohort (false positives per scan)")
+    params: TrainParams = TrainParams()
+
+
 class Config(_Strict):
     """Top-level configuration (config/config.yaml plus ``--config`` overrides)."""
 
-    bids_dir: Path
-    output_dir: Path
+    bids_dir: Path | None = None
+    output_dir: Path | None = None
     participant_label: list[str] = []
     exclude_participant_label: list[str] = []
     pybids_inputs: dict[str, InputFilter] = Field(default_factory=_default_inputs)
@@ -88,7 +113,8 @@ class Config(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     phase: PhaseConfig = PhaseConfig()
     candidates: CandidateParams = CandidateParams()
-    classical: ClassicalParams = ClassicalParams()
+    classifier: ClassifierConfig = ClassifierConfig()
+    training: TrainingConfig = TrainingConfig()
 
     @field_validator("participant_label", "exclude_participant_label", mode="before")
     @classmethod
@@ -127,6 +153,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _dirs(self) -> "Config":
+        if self.bids_dir is None or self.output_dir is None:
+            return self
         bids = self.bids_dir.resolve()
         out = self.output_dir.resolve()
         if out == bids or bids in out.parents:
@@ -134,18 +162,29 @@ class Config(_Strict):
         return self
 
 
-def load_config(raw: dict[str, Any]) -> Config:
-    """Validate a raw config mapping; raise :class:`InputError` with one line per problem."""
-    missing = [key for key in ("bids_dir", "output_dir") if not raw.get(key)]
+def load_config(raw: dict[str, Any], need_dataset: bool = True) -> Config:
+    """Validate a raw config mapping; raise :class:`InputError` with one line per problem.
+
+    ``need_dataset`` False lets bids_dir and output_dir be missing (``snakemake train`` needs
+    neither); :func:`require_dataset` checks them later.
+    """
+    if need_dataset:
+        require_dataset(raw)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise InputError("config: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def require_dataset(raw: dict[str, Any] | Config) -> None:
+    """Stop with one line unless both bids_dir and output_dir are set."""
+    values = raw if isinstance(raw, dict) else raw.model_dump()
+    missing = [key for key in ("bids_dir", "output_dir") if not values.get(key)]
     if missing:
         raise InputError(
             f"config: missing {', '.join(missing)}",
             fix="run with --config bids_dir=PATH output_dir=PATH",
         )
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise InputError("config: " + "; ".join(_describe(e) for e in err.errors())) from None
 
 
 def _describe(error: Any) -> str:

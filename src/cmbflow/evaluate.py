@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -162,10 +162,82 @@ def froc(
 ) -> dict[float, float]:
     """Best sensitivity reachable at or below each rate of false positives per scan."""
     curve = froc_curve(probabilities, detections_xyz, truth_xyz, truth_radius_mm, voxel_size_mm)
+    return _sensitivity_at(curve, fp_rates)
+
+
+def _sensitivity_at(curve: pd.DataFrame, fp_rates: Sequence[float] = FROC_FP_RATES) -> dict[float, float]:
     return {
         float(rate): float(curve.loc[curve["fp_per_scan"] <= rate, "sensitivity"].max())
         for rate in fp_rates
     }
+
+
+def _xyz(table: pd.DataFrame) -> npt.NDArray[np.float64]:
+    return table[["x", "y", "z"]].to_numpy(dtype=float)
+
+
+@dataclass(frozen=True, eq=False)
+class _Scan:
+    """One subject/session's truth (microbleeds only), outputs and their matches."""
+
+    name: str
+    truth: pd.DataFrame
+    candidates: pd.DataFrame
+    voxel: npt.NDArray[np.float64]
+    has_phase: bool
+    calls_match: Match
+    candidates_match: Match
+
+
+def _load_scan(truth_tsv: Path, truth_dir: Path, output_dir: Path) -> _Scan | None:
+    """A scan's truth and outputs, or None when the workflow has no final calls for it."""
+    prefix = truth_tsv.name.removesuffix("_desc-truth_lesions.tsv")
+    folder = output_dir / truth_tsv.parent.relative_to(truth_dir)
+    calls_tsv = folder / f"{prefix}_desc-cmb_detections.tsv"
+    if not calls_tsv.exists():
+        return None
+    truth = pd.read_csv(truth_tsv, sep="\t")
+    truth = truth[truth["kind"] == "cmb"].reset_index(drop=True)
+    calls = pd.read_csv(calls_tsv, sep="\t")
+    candidates = pd.read_csv(folder / f"{prefix}_desc-candidates_detections.tsv", sep="\t")
+    voxel = voxel_sizes(nib.load(folder / f"{prefix}_desc-brain_mask.nii.gz").affine)
+    radius = truth["diameter_mm"].to_numpy(dtype=float) / 2
+    return _Scan(
+        name=prefix,
+        truth=truth,
+        candidates=candidates,
+        voxel=voxel,
+        # The workflow writes the high-pass phase only for scans whose phase it used.
+        has_phase=(folder / f"{prefix}_part-phase_desc-hpphase_T2starw.nii.gz").exists(),
+        calls_match=match_detections(_xyz(calls), _xyz(truth), radius, voxel),
+        candidates_match=match_detections(_xyz(candidates), _xyz(truth), radius, voxel),
+    )
+
+
+def _group_figures(scans: Sequence[_Scan]) -> tuple[dict, pd.DataFrame]:
+    """Call metrics, candidate recall and candidate FROC summary over ``scans``; and the FROC curve."""
+    curve = froc_curve(
+        [s.candidates["probability"].to_numpy() for s in scans],
+        [_xyz(s.candidates) for s in scans],
+        [_xyz(s.truth) for s in scans],
+        [s.truth["diameter_mm"].to_numpy(dtype=float) / 2 for s in scans],
+        [s.voxel for s in scans],
+    )
+    figures = {
+        "scans": len(scans),
+        "calls": detection_metrics([s.calls_match for s in scans]),
+        "candidate_recall": detection_metrics([s.candidates_match for s in scans])["sensitivity"],
+        "froc_sensitivity_at_fp_per_scan": {str(rate): sens for rate, sens in _sensitivity_at(curve).items()},
+    }
+    return figures, curve
+
+
+def _curve_points(curve: pd.DataFrame) -> list[list[float | None]]:
+    """FROC rows as JSON-ready ``[fp_per_scan, sensitivity, threshold]`` (None for threshold inf)."""
+    return [
+        [float(fp), float(sens), float(t) if np.isfinite(t) else None]
+        for t, sens, fp in curve[["threshold", "sensitivity", "fp_per_scan"]].itertuples(index=False)
+    ]
 
 
 def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
@@ -173,52 +245,84 @@ def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
 
     Returns lesion-level metrics of the final calls, candidate-stage recall, per-region
     sensitivity and the FROC of the candidates' probabilities, over every subject/session that
-    has both truth and outputs.
+    has both truth and outputs; ``by_phase`` repeats the main figures for the scans with phase
+    (the output has a high-pass phase) and without (``magnitude_only``; a group without scans is
+    left out), and ``froc_curve`` holds the curves (``all`` and per group) as
+    ``[fp_per_scan, sensitivity, threshold]`` rows.
     """
     truth_dir, output_dir = Path(truth_dir), Path(output_dir)
-    scans = []
-    for truth_tsv in sorted(truth_dir.rglob("*_desc-truth_lesions.tsv")):
-        prefix = truth_tsv.name.removesuffix("_desc-truth_lesions.tsv")
-        folder = output_dir / truth_tsv.parent.relative_to(truth_dir)
-        calls_tsv = folder / f"{prefix}_desc-cmb_detections.tsv"
-        if not calls_tsv.exists():
-            continue
-        truth = pd.read_csv(truth_tsv, sep="\t")
-        truth = truth[truth["kind"] == "cmb"].reset_index(drop=True)
-        calls = pd.read_csv(calls_tsv, sep="\t")
-        candidates = pd.read_csv(folder / f"{prefix}_desc-candidates_detections.tsv", sep="\t")
-        voxel = voxel_sizes(nib.load(folder / f"{prefix}_desc-brain_mask.nii.gz").affine)
-        scans.append((prefix, truth, calls, candidates, voxel))
+    loaded = (_load_scan(t, truth_dir, output_dir) for t in sorted(truth_dir.rglob("*_desc-truth_lesions.tsv")))
+    scans = [s for s in loaded if s is not None]
     if not scans:
         raise InputError("no subject has both ground truth and cmbflow outputs", path=output_dir,
                          fix="point TRUTH_DIR at derivatives/simulation and OUTPUT_DIR at the workflow output")
 
-    def xyz(table: pd.DataFrame) -> npt.NDArray[np.float64]:
-        return table[["x", "y", "z"]].to_numpy(dtype=float)
-
-    matches = [match_detections(xyz(c), xyz(t), t["diameter_mm"] / 2, v) for _, t, c, _, v in scans]
-    candidate_matches = [match_detections(xyz(k), xyz(t), t["diameter_mm"] / 2, v) for _, t, _, k, v in scans]
     regions = {}
-    for region in sorted({r for _, t, *_ in scans for r in t["region"]}):
+    for region in sorted({r for s in scans for r in s.truth["region"]}):
         hit = total = 0
-        for match, (_, truth, *_rest) in zip(matches, scans):
-            in_region = set(np.flatnonzero(truth["region"].to_numpy() == region))
+        for s in scans:
+            in_region = set(np.flatnonzero(s.truth["region"].to_numpy() == region))
             total += len(in_region)
-            hit += len(in_region & set(match.pairs[:, 1].tolist()))
+            hit += len(in_region & set(s.calls_match.pairs[:, 1].tolist()))
         regions[region] = {"lesions": total, "sensitivity": hit / total if total else float("nan")}
     per_scan = [
-        {"scan": name, "lesions": len(t), "true_positives": m.true_positives, "false_positives": m.false_positives}
-        for (name, t, *_), m in zip(scans, matches)
+        {"scan": s.name, "phase": s.has_phase, "lesions": len(s.truth),
+         "true_positives": s.calls_match.true_positives, "false_positives": s.calls_match.false_positives}
+        for s in scans
     ]
-    curve = froc(
-        [k["probability"].to_numpy() for *_, k, _ in scans], [xyz(k) for *_, k, _ in scans],
-        [xyz(t) for _, t, *_ in scans], [t["diameter_mm"] / 2 for _, t, *_ in scans], [v for *_, v in scans],
-    )
+    figures, curve = _group_figures(scans)
+    curves = {"all": _curve_points(curve)}
+    by_phase = {}
+    for group, members in (("phase", [s for s in scans if s.has_phase]),
+                           ("magnitude_only", [s for s in scans if not s.has_phase])):
+        if members:
+            by_phase[group], group_curve = _group_figures(members)
+            curves[group] = _curve_points(group_curve)
     return {
-        "calls": detection_metrics(matches),
-        "candidate_recall": detection_metrics(candidate_matches)["sensitivity"],
-        "candidates_per_scan": float(np.mean([len(k) for *_, k, _ in scans])),
-        "froc_sensitivity_at_fp_per_scan": {str(rate): sens for rate, sens in curve.items()},
+        **figures,
+        "candidates_per_scan": float(np.mean([len(s.candidates) for s in scans])),
         "per_region": regions,
         "per_scan": per_scan,
+        "by_phase": by_phase,
+        "froc_curve": curves,
     }
+
+
+def plot_froc(
+    curves: Mapping[str, Sequence[Sequence[float | None]]],
+    path: str | Path,
+    operating_points: Mapping[str, tuple[float, float]] | None = None,
+    title: str = "FROC of the candidates' microbleed probability",
+) -> None:
+    """Write a PNG of FROC curves (group -> rows ``[fp_per_scan, sensitivity, ...]``).
+
+    Each curve is drawn as the best sensitivity reachable at or below each FP rate (a step line,
+    carried flat to the right edge); ``operating_points`` (group -> (fp_per_scan, sensitivity))
+    marks e.g. the final calls on the curve of the same colour.
+    """
+    # The Agg canvas directly, not pyplot: no global backend switch, no figure registry.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x_max = 4.25
+    fig = Figure(figsize=(6.0, 4.5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for rate in FROC_FP_RATES:
+        ax.axvline(rate, color="0.6", linestyle=":", linewidth=1)
+    for index, (group, rows) in enumerate(curves.items()):
+        points = np.array([[row[0], row[1]] for row in rows], dtype=float).reshape(-1, 2)
+        color = f"C{index}"
+        if len(points):
+            best = np.fmax.accumulate(points[:, 1])
+            xs = np.append(points[:, 0], max(x_max, points[-1, 0]))
+            ax.step(xs, np.append(best, best[-1]), where="post", color=color, label=group)
+        if operating_points and group in operating_points:
+            ax.plot(*operating_points[group], marker="o", markersize=7, color=color, markeredgecolor="black")
+    if operating_points:
+        ax.plot([], [], marker="o", color="white", markeredgecolor="black", linestyle="none", label="final calls")
+    ax.set(xlim=(0, x_max), ylim=(0, 1.02), xlabel="false positives per scan", ylabel="sensitivity", title=title)
+    ax.grid(axis="y", color="0.9")
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png")

@@ -18,8 +18,7 @@ import numpy as np
 
 from cmbflow import __version__, anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
-from cmbflow.classical import ClassicalParams, call_microbleeds as rule_calls, score_candidates
-from cmbflow.config import PhaseConfig
+from cmbflow.config import ClassifierConfig, PhaseConfig
 from cmbflow.derivatives import sidecar
 from cmbflow.detections import read_detections, write_detections
 from cmbflow.errors import InputError
@@ -33,6 +32,8 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
+from cmbflow.model import load_classifier
+from cmbflow.patches import candidate_patches
 
 log = logging.getLogger(__name__)
 
@@ -149,18 +150,17 @@ def detect_candidates(
     out_tsv: str | Path,
     out_json: str | Path,
     params: CandidateParams,
-    classifier: ClassicalParams,
     paramagnetic_sign: int,
     device: str,
     label: str,
 ) -> None:
-    """Stage 1: every candidate with its features and classical microbleed probability."""
+    """Stage 1: every candidate with its features (not yet classified: probability n/a)."""
     img = load_image(image, subject=label)
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
     torch_device = resolve_device(device)
     table = find_candidates(img, _mask(mask, label), hp, params, device=torch_device,
                             paramagnetic_sign=paramagnetic_sign)
-    table.insert(6, "probability", score_candidates(table, classifier).to_numpy())
+    table.insert(6, "probability", np.nan)
     log.info("%s: %d candidates on %s", label, len(table), torch_device)
     write_detections(
         table, out_tsv, out_json,
@@ -170,18 +170,47 @@ def detect_candidates(
     )
 
 
-def call_microbleeds(
-    candidates: str | Path, out_tsv: str | Path, out_json: str | Path, params: ClassicalParams, label: str
+def classify_candidates(
+    stage1: str | Path,
+    image: str | Path,
+    mask: str | Path,
+    hpphase: str | Path | None,
+    out_candidates: str | Path,
+    out_candidates_json: str | Path,
+    out_calls: str | Path,
+    out_calls_json: str | Path,
+    params: ClassifierConfig,
+    paramagnetic_sign: int,
+    device: str,
+    label: str,
 ) -> None:
-    """Final calls: the candidates that pass the classical rules."""
-    table = read_detections(candidates)
-    calls = table[rule_calls(table, params).to_numpy()].reset_index(drop=True)
-    log.info("%s: %d of %d candidates called microbleeds", label, len(calls), len(table))
+    """Stage 2: the CNN's microbleed probability for every candidate, and the calls above threshold.
+
+    The phase model is used when the subject has phase, the magnitude-only model otherwise.
+    """
+    table = read_detections(stage1)
+    img = load_image(image, subject=label)
+    hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
+    classifier = load_classifier(params.model_dir, has_phase=hp is not None, threshold=params.threshold)
+    torch_device = resolve_device(device)
+    patches = candidate_patches(img.get_fdata(dtype=np.float32), _mask(mask, label), img.affine,
+                                table[["x", "y", "z"]].to_numpy(float), hp, paramagnetic_sign)
+    table["probability"] = classifier.predict(patches, torch_device)
+    table["is_cmb"] = table["probability"] >= classifier.threshold
+    calls = table[table["is_cmb"]].drop(columns="is_cmb").reset_index(drop=True)
+    log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",
+             label, len(calls), len(table), classifier.variant, classifier.threshold, torch_device)
+    about = {"Classifier": f"CandidateNet ({classifier.variant} model)", "ProbabilityThreshold": classifier.threshold,
+             "Device": torch_device.type}
     write_detections(
-        calls, out_tsv, out_json,
+        table, out_candidates, out_candidates_json,
+        description="Microbleed candidates with features and the classifier's probability",
+        **sidecar([], [stage1, image, mask] + ([hpphase] if hpphase else [])), **about,
+    )
+    write_detections(
+        calls, out_calls, out_calls_json,
         description="Cerebral microbleed detections (final calls)",
-        **sidecar([], [candidates]),
-        Classifier="classical rules", ProbabilityThreshold=params.probability_threshold,
+        **sidecar([], [out_candidates]), **about,
     )
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from cmbflow.errors import InputError
 
-PRESETS = ("tiny", "standard", "diverse")
+PRESETS = ("tiny", "standard", "diverse", "training")
 PHASE_UNITS = ("rad", "arbitrary")
 
 _AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
@@ -99,9 +99,22 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
 
     ``tiny``: whole brain at 1.5x1.5x2.5 mm with a few lesions (fast workflow tests).
     ``standard``: 3 T mostly, 0.8-1.0 mm in-plane, 1.6-2.0 mm slices, radians, always phase.
-    ``diverse``: wide ranges of resolution, field, TE, SNR, orientation, units, sign; ~20 %
-    magnitude-only (for training a detector that has to cope with any of it).
+    ``diverse``: wide ranges of resolution, field, TE, SNR, orientation and units; ~20 %
+    magnitude-only (the validation cohort of the classifier: it has to cope with any of it).
+    ``training``: ``diverse`` with more microbleeds, calcifications and veins per scan, so that
+    each simulated scan gives the classifier more examples of each kind.
+
+    The phase sign is the cmbflow default (paramagnetic negative) in every preset: it is a
+    convention of the site, set once in the config, and the classifier sees signed phase.
     """
+    if preset == "training":
+        params = sample_subject_params(rng, "diverse")
+        return replace(
+            params,
+            n_cmb=int(rng.integers(5, 26)),
+            n_calcifications=int(rng.integers(1, 7)),
+            n_veins=int(rng.integers(10, 21)),
+        )
     if preset == "tiny":
         orientation = _axial_orientation(rng, ("RAS", "LAS", "LPS"))
         return SubjectParams(
@@ -163,7 +176,7 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
             te_s=_uniform(rng, 0.015, 0.040, 5),
             snr=_uniform(rng, 10.0, 40.0, 2),
             phase_units="rad" if rng.random() < 0.5 else "arbitrary",
-            paramagnetic_sign=-1 if rng.random() < 0.5 else 1,
+            paramagnetic_sign=-1,
             has_phase=bool(rng.random() >= 0.2),
             n_cmb=_lesion_count(rng, 0.15, 15),
             n_calcifications=int(rng.integers(0, 5)),

@@ -1,0 +1,125 @@
+# Training the stage-2 classifier: snakemake train --cores N
+# Simulated cohorts go through the workflow's own stage 1, so the network is trained on the
+# candidates it will really be shown; a validation cohort from another seed picks each model's
+# threshold and gives the figures of the model card. Nothing here runs for a normal analysis.
+TRAIN = str(CFG.training.dir)
+COHORTS = {
+    "train": (CFG.training.train_subjects, CFG.training.train_seed, "training"),
+    "validation": (CFG.training.validation_subjects, CFG.training.validation_seed, "diverse"),
+}
+# Jobs run the library from this checkout, installed or not.
+CMBFLOW = f"PYTHONPATH={workflow.basedir}/src python -m cmbflow.cli"
+
+
+wildcard_constraints:
+    cohort="train|validation",
+
+
+rule simulate_cohort:
+    output:
+        directory(f"{TRAIN}/{{cohort}}/bids"),
+    params:
+        n=lambda wc: COHORTS[wc.cohort][0],
+        seed=lambda wc: COHORTS[wc.cohort][1],
+        preset=lambda wc: COHORTS[wc.cohort][2],
+    log:
+        f"{TRAIN}/logs/simulate_cohort/{{cohort}}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/cmbflow.yaml"
+    shell:
+        "{CMBFLOW} simulate {output} --subjects {params.n} --seed {params.seed} --preset {params.preset} > {log} 2>&1"
+
+
+rule stage1_cohort:
+    input:
+        rules.simulate_cohort.output,
+    output:
+        directory(f"{TRAIN}/{{cohort}}/stage1"),
+    log:
+        f"{TRAIN}/logs/stage1_cohort/{{cohort}}.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/cmbflow.yaml"
+    shell:
+        "{CMBFLOW} {input} {output} participant --cores {threads} --until candidates --notemp > {log} 2>&1"
+
+
+rule training_patches:
+    input:
+        stage1=f"{TRAIN}/train/stage1",
+        bids=f"{TRAIN}/train/bids",
+    output:
+        f"{TRAIN}/train/patches.npz",
+    params:
+        paramagnetic_sign=CFG.phase.paramagnetic_sign,
+    log:
+        f"{TRAIN}/logs/training_patches.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/training_patches.py"
+
+
+rule train_classifier:
+    input:
+        rules.training_patches.output,
+    output:
+        phase=f"{TRAIN}/model/phase.safetensors",
+        magnitude=f"{TRAIN}/model/magnitude.safetensors",
+        history=f"{TRAIN}/model/training_history.json",
+    params:
+        train=CFG.training.params.model_dump(),
+        device=CFG.device,
+    log:
+        f"{TRAIN}/logs/train_classifier.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/train_classifier.py"
+
+
+rule validate_classifier:
+    input:
+        phase=rules.train_classifier.output.phase,
+        magnitude=rules.train_classifier.output.magnitude,
+        history=rules.train_classifier.output.history,
+        stage1=f"{TRAIN}/validation/stage1",
+        bids=f"{TRAIN}/validation/bids",
+    output:
+        card=f"{TRAIN}/model/model_card.json",
+        card_md=f"{TRAIN}/model/MODEL_CARD.md",
+        froc=f"{TRAIN}/model/froc.png",
+    params:
+        training=CFG.training.model_dump(mode="json"),
+        paramagnetic_sign=CFG.phase.paramagnetic_sign,
+        device=CFG.device,
+    log:
+        f"{TRAIN}/logs/validate_classifier.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/validate_classifier.py"
+
+
+rule train:
+    input:
+        rules.validate_classifier.output,

@@ -1,0 +1,161 @@
+"""The stage-2 classifier: a small 3D residual CNN on candidate patches, and its weight files.
+
+Weights are safetensors files whose metadata records the architecture, so a file is loaded
+without unpickling anything and without guessing how it was built. Two models ship with the
+package (``cmbflow/models``): ``phase`` (magnitude + high-pass phase) and ``magnitude``
+(magnitude only, for cohorts without phase); :func:`load_classifier` picks one per subject.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from cmbflow.errors import InputError
+from cmbflow.patches import PATCH_MM, PATCH_SIZE
+
+#: The model variants, by input channels.
+VARIANTS = {"phase": 2, "magnitude": 1}
+MODEL_CARD = "model_card.json"
+
+
+def packaged_model_dir() -> Path:
+    """The folder of the weights shipped with cmbflow."""
+    return Path(str(resources.files("cmbflow") / "models"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a weight file needs to be rebuilt and used (stored in its safetensors metadata)."""
+
+    in_channels: int
+    widths: tuple[int, ...] = (16, 32, 64)
+    patch_size: int = PATCH_SIZE
+    patch_mm: float = PATCH_MM
+
+    def to_metadata(self) -> dict[str, str]:
+        return {"cmbflow_spec": json.dumps(asdict(self))}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, str] | None) -> "ModelSpec":
+        raw = json.loads((metadata or {})["cmbflow_spec"])
+        return cls(int(raw["in_channels"]), tuple(int(w) for w in raw["widths"]), int(raw["patch_size"]),
+                   float(raw["patch_mm"]))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3x3 convolutions with batch norm and an identity (or 1x1x1) shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm3d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm3d(out_channels),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm3d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class CandidateNet(nn.Module):
+    """Patch (N, C, S, S, S) -> one logit per candidate (microbleed vs not).
+
+    The last feature map is flattened rather than averaged: where a structure lies relative to
+    the centre (a round spot at the centre vs a vessel passing by) is what tells them apart.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        first, *rest = spec.widths
+        layers: list[nn.Module] = [
+            nn.Conv3d(spec.in_channels, first, 3, padding=1, bias=False),
+            nn.BatchNorm3d(first),
+            nn.ReLU(inplace=True),
+            ResidualBlock(first, first),
+        ]
+        width = first
+        for nxt in rest:
+            layers.append(ResidualBlock(width, nxt, stride=2))
+            width = nxt
+        self.features = nn.Sequential(*layers)
+        side = spec.patch_size // 2 ** len(rest)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(width * side**3, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(1)
+
+
+def save_model(model: CandidateNet, path: str | Path) -> None:
+    """Write the weights and the architecture (metadata) as one safetensors file."""
+    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    save_file(tensors, str(path), metadata=model.spec.to_metadata())
+
+
+def load_model(path: str | Path) -> CandidateNet:
+    """Rebuild a model from a safetensors file (never unpickles), in evaluation mode."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("classifier weights not found", path=path)
+    with safe_open(str(path), framework="pt") as handle:
+        spec = ModelSpec.from_metadata(handle.metadata())
+    model = CandidateNet(spec)
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A loaded model with the decision threshold chosen for it on the validation cohort."""
+
+    model: CandidateNet
+    threshold: float
+    variant: str
+
+    @torch.no_grad()
+    def predict(self, patches: npt.NDArray[np.float32], device: torch.device | str = "cpu",
+                batch_size: int = 256) -> npt.NDArray[np.float64]:
+        """Microbleed probability of each patch (n, C, S, S, S)."""
+        if patches.shape[1] != self.model.spec.in_channels:
+            raise ValueError(f"{self.variant} model takes {self.model.spec.in_channels} channels, "
+                             f"got {patches.shape[1]}")
+        model = self.model.to(device)
+        out = [
+            torch.sigmoid(model(torch.from_numpy(patches[i:i + batch_size]).to(device))).cpu()
+            for i in range(0, len(patches), batch_size)
+        ]
+        return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: float | None = None) -> Classifier:
+    """The model for a subject (phase model when it has phase) and its threshold.
+
+    ``threshold`` None takes the one in the model card (chosen on the validation cohort).
+    """
+    folder = Path(model_dir) if model_dir else packaged_model_dir()
+    variant = "phase" if has_phase else "magnitude"
+    card_path = folder / MODEL_CARD
+    if not card_path.is_file():
+        raise InputError("model card not found", path=card_path, fix="point classifier.model_dir at a trained model")
+    card = json.loads(card_path.read_text())
+    model = load_model(folder / card["models"][variant]["weights"])
+    chosen = card["models"][variant]["threshold"] if threshold is None else threshold
+    return Classifier(model, float(chosen), variant)

@@ -1,0 +1,324 @@
+"""Training the stage-2 classifier on simulated cohorts, and choosing its operating point.
+
+The examples are the stage-1 candidates of simulated scans, exactly as the workflow finds them:
+a candidate that matches a true microbleed is positive; everything else (veins, calcifications,
+iron, noise) is negative, so the network learns what it will really be shown.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.nn import functional as F
+
+from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
+from cmbflow.image import voxel_sizes, write_json
+from cmbflow.model import CandidateNet, Classifier, ModelSpec, load_model, save_model
+from cmbflow.patches import candidate_patches
+
+log = logging.getLogger(__name__)
+
+STAGE1_SUFFIX = "_desc-stage1_detections.tsv"
+TRUTH_SUFFIX = "_desc-truth_lesions.tsv"
+
+
+class TrainParams(BaseModel):
+    """Optimisation settings (one set for both models)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(24, ge=1)
+    batch_size: int = Field(64, ge=2)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    negatives_per_positive: int = Field(3, ge=1, description="negatives drawn per positive each epoch")
+    widths: tuple[int, ...] = (8, 16, 32)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScanOutputs:
+    """One scan's workflow outputs that the classifier reads (stage-1 table and images)."""
+
+    prefix: str
+    stage1: Path
+    magnitude: Path
+    mask: Path
+    hpphase: Path | None
+
+    @classmethod
+    def find(cls, stage1: Path) -> "ScanOutputs":
+        prefix = stage1.name.removesuffix(STAGE1_SUFFIX)
+        folder = stage1.parent
+        hpphase = folder / f"{prefix}_part-phase_desc-hpphase_T2starw.nii.gz"
+        return cls(prefix, stage1, folder / f"{prefix}_part-mag_desc-n4_T2starw.nii.gz",
+                   folder / f"{prefix}_desc-brain_mask.nii.gz", hpphase if hpphase.exists() else None)
+
+
+def scan_patches(scan: ScanOutputs, paramagnetic_sign: int) -> tuple[pd.DataFrame, npt.NDArray[np.float32]]:
+    """The stage-1 table of a scan and its classifier patches (n, 1 or 2, S, S, S)."""
+    table = pd.read_csv(scan.stage1, sep="\t")
+    img = nib.load(scan.magnitude)
+    mask = np.asanyarray(nib.load(scan.mask).dataobj) > 0
+    phase = None if scan.hpphase is None else nib.load(scan.hpphase).get_fdata(dtype=np.float32)
+    patches = candidate_patches(img.get_fdata(dtype=np.float32), mask, img.affine,
+                                table[["x", "y", "z"]].to_numpy(float), phase, paramagnetic_sign)
+    return table, patches
+
+
+def label_candidates(candidates: pd.DataFrame, truth: pd.DataFrame, voxel_size: npt.ArrayLike) -> npt.NDArray[np.str_]:
+    """What each candidate is: 'cmb' (matched one to one to a true bleed), 'calcification', or 'other'."""
+    kinds = np.full(len(candidates), "other", dtype=object)
+    xyz = candidates[["x", "y", "z"]].to_numpy(float)
+    for kind in ("calcification", "cmb"):  # a bleed match wins over a nearby calcification
+        lesions = truth[truth["kind"] == kind]
+        match = match_detections(xyz, lesions[["x", "y", "z"]].to_numpy(float), lesions["diameter_mm"] / 2, voxel_size)
+        kinds[match.pairs[:, 0]] = kind
+    return kinds.astype(str)
+
+
+def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz: str | Path,
+                    paramagnetic_sign: int = -1) -> dict[str, int]:
+    """Patches and labels of every simulated scan's candidates, in one compressed npz.
+
+    Arrays: ``patches`` (n, 2, S, S, S) float16 (phase channel zero without phase),
+    ``label`` (1 = microbleed), ``kind``, ``has_phase``, ``scan``.
+    """
+    derivatives_dir, truth_dir = Path(derivatives_dir), Path(truth_dir)
+    parts: dict[str, list] = {"patches": [], "label": [], "kind": [], "has_phase": [], "scan": []}
+    for stage1 in sorted(derivatives_dir.rglob(f"*{STAGE1_SUFFIX}")):
+        scan = ScanOutputs.find(stage1)
+        table, patches = scan_patches(scan, paramagnetic_sign)
+        if patches.shape[1] == 1:
+            patches = np.concatenate([patches, np.zeros_like(patches)], axis=1)
+        truth = pd.read_csv(truth_dir / stage1.parent.relative_to(derivatives_dir) / f"{scan.prefix}{TRUTH_SUFFIX}",
+                            sep="\t")
+        kinds = label_candidates(table, truth, voxel_sizes(nib.load(scan.mask).affine))
+        parts["patches"].append(patches.astype(np.float16))
+        parts["label"].append((kinds == "cmb").astype(np.int8))
+        parts["kind"].append(kinds)
+        parts["has_phase"].append(np.full(len(table), scan.hpphase is not None))
+        parts["scan"].append(np.full(len(table), scan.prefix))
+    if not parts["scan"]:
+        raise FileNotFoundError(f"no stage-1 tables (*{STAGE1_SUFFIX}) under {derivatives_dir}")
+    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    np.savez_compressed(out_npz, **arrays)
+    counts = {"candidates": len(arrays["label"]), "microbleeds": int(arrays["label"].sum()),
+            "calcifications": int((arrays["kind"] == "calcification").sum()), "scans": len(parts["scan"])}
+    log.info("training examples: %s", counts)
+    return counts
+
+
+def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random flips and 90-degree turns about B0 (the dipole pattern is unchanged by both),
+    magnitude gain, gamma and noise, and phase gain (field strength x echo time) and noise."""
+    n = len(x)
+    x = x.clone()
+
+    def coin() -> torch.Tensor:
+        return torch.rand(n, generator=generator) < 0.5
+
+    for dim in (2, 3, 4):
+        flip = coin()
+        x[flip] = x[flip].flip(dim)
+    turn = coin()
+    x[turn] = x[turn].transpose(2, 3)
+    shape = (n, 1, 1, 1)
+    mag = x[:, :1].clamp(min=0)
+    gain = torch.empty(shape).uniform_(0.85, 1.15, generator=generator)
+    gamma = torch.empty(shape).uniform_(0.8, 1.25, generator=generator)
+    sigma = torch.empty(shape).uniform_(0.0, 0.08, generator=generator)
+    x[:, 0] = gain * mag[:, 0].pow(gamma) + sigma * torch.randn(mag[:, 0].shape, generator=generator)
+    if x.shape[1] > 1:
+        phase_gain = torch.exp(torch.empty(shape).uniform_(np.log(0.5), np.log(2.0), generator=generator))
+        phase_sigma = torch.empty(shape).uniform_(0.0, 0.05, generator=generator)
+        noisy = phase_gain * x[:, 1] + phase_sigma * torch.randn(x[:, 1].shape, generator=generator)
+        x[:, 1] = noisy.clamp(-1.0, 1.0)
+    return x
+
+
+def train_classifier(
+    patches: npt.NDArray[np.floating],
+    labels: npt.NDArray[np.integer],
+    params: TrainParams = TrainParams(),
+    device: str | torch.device = "cpu",
+) -> tuple[CandidateNet, list[dict[str, float]]]:
+    """Train a :class:`CandidateNet` on patches (n, C, S, S, S); deterministic for a seed on CPU.
+
+    Each epoch sees every positive and ``negatives_per_positive`` times as many negatives drawn
+    afresh, so the rare class is not drowned and the many easy negatives are still all seen.
+    """
+    torch.manual_seed(params.seed)
+    torch.use_deterministic_algorithms(True)
+    generator = torch.Generator().manual_seed(params.seed)
+    spec = ModelSpec(in_channels=patches.shape[1], widths=params.widths, patch_size=patches.shape[-1])
+    model = CandidateNet(spec).to(device)
+    x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
+    y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+    positives = torch.nonzero(y_all > 0.5).squeeze(1)
+    negatives = torch.nonzero(y_all <= 0.5).squeeze(1)
+    if len(positives) == 0 or len(negatives) == 0:
+        raise ValueError("training needs both microbleed and non-microbleed candidates")
+    n_neg = min(len(negatives), params.negatives_per_positive * len(positives))
+    steps = params.epochs * -(-(len(positives) + n_neg) // params.batch_size)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, params.learning_rate, total_steps=steps)
+    history = []
+    for epoch in range(params.epochs):
+        started = time.perf_counter()
+        chosen = negatives[torch.randperm(len(negatives), generator=generator)[:n_neg]]
+        order = torch.cat([positives, chosen])[torch.randperm(len(positives) + n_neg, generator=generator)]
+        model.train()
+        total = 0.0
+        for batch in order.split(params.batch_size):
+            x = augment(x_all[batch], generator).to(device)
+            loss = F.binary_cross_entropy_with_logits(model(x), y_all[batch].to(device))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            total += float(loss.detach()) * len(batch)
+        history.append({"epoch": epoch + 1, "loss": total / len(order), "seconds": time.perf_counter() - started})
+        log.info("epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, params.epochs, history[-1]["loss"],
+                 history[-1]["seconds"])
+    return model.eval(), history
+
+
+@dataclass(frozen=True)
+class ScanScores:
+    """One validation scan: its candidates' positions and probabilities, and the true bleeds."""
+
+    candidates_xyz: npt.NDArray[np.float64]
+    probability: npt.NDArray[np.float64]
+    truth_xyz: npt.NDArray[np.float64]
+    truth_radius_mm: npt.NDArray[np.float64]
+    voxel_size: npt.NDArray[np.float64]
+
+
+def operating_curve(scans: list[ScanScores]) -> pd.DataFrame:
+    """Sensitivity and FP per scan at every useful threshold (see :func:`froc_curve`)."""
+    return froc_curve([s.probability for s in scans], [s.candidates_xyz for s in scans],
+                      [s.truth_xyz for s in scans], [s.truth_radius_mm for s in scans],
+                      [s.voxel_size for s in scans])
+
+
+def choose_threshold(curve: pd.DataFrame, max_fp_per_scan: float) -> float:
+    """The threshold of highest sensitivity with at most ``max_fp_per_scan``; of ties, the fewest FPs.
+
+    When no threshold is that strict (a poor model), the one with the fewest false positives.
+    """
+    finite = curve[np.isfinite(curve["threshold"])]
+    if finite.empty:
+        raise ValueError("no candidate lies near a true microbleed: nothing to choose a threshold from")
+    ok = finite[finite["fp_per_scan"] <= max_fp_per_scan]
+    if ok.empty:
+        log.warning("no threshold keeps false positives at or below %g per scan", max_fp_per_scan)
+        return float(finite.sort_values(["fp_per_scan", "sensitivity"], ascending=[True, False]).iloc[0]["threshold"])
+    best = ok.sort_values(["sensitivity", "fp_per_scan"], ascending=[False, True]).iloc[0]
+    return float(best["threshold"])
+
+
+def metrics_at(scans: list[ScanScores], threshold: float) -> dict[str, float]:
+    """Lesion-level metrics of the calls a threshold makes."""
+    matches = [
+        match_detections(s.candidates_xyz[s.probability >= threshold], s.truth_xyz, s.truth_radius_mm, s.voxel_size)
+        for s in scans
+    ]
+    return detection_metrics(matches)
+
+
+def train_models(
+    patches_npz: str | Path, out_phase: str | Path, out_magnitude: str | Path, out_history: str | Path,
+    params: TrainParams, device: str | torch.device = "cpu",
+) -> None:
+    """Train the phase model (scans with phase) and the magnitude model (every scan, magnitude only)."""
+    data = np.load(patches_npz)
+    patches, labels, has_phase = data["patches"], data["label"], data["has_phase"]
+    history = {}
+    for variant, x, y, out in (
+        ("phase", patches[has_phase], labels[has_phase], out_phase),
+        ("magnitude", patches[:, :1], labels, out_magnitude),
+    ):
+        started = time.perf_counter()
+        model, epochs = train_classifier(x, y, params, device)
+        save_model(model, out)
+        history[variant] = {"examples": len(y), "microbleeds": int(y.sum()), "epochs": epochs,
+                            "seconds": round(time.perf_counter() - started, 1)}
+        log.info("%s model: %d examples (%d microbleeds), %.0f s", variant, len(y), int(y.sum()),
+                 history[variant]["seconds"])
+    write_json(history, out_history)
+
+
+def score_scans(
+    stage1_dir: str | Path, truth_dir: str | Path, models: dict[str, CandidateNet], paramagnetic_sign: int,
+    device: str | torch.device = "cpu",
+) -> dict[str, dict[str, list[ScanScores]]]:
+    """Every validation scan scored by each model, as ``{model: {group: scans}}``.
+
+    Groups: ``phase`` (scans with phase) and ``magnitude_only``. The phase model scores only
+    scans with phase; the magnitude model scores every scan from its magnitude alone.
+    """
+    stage1_dir, truth_dir = Path(stage1_dir), Path(truth_dir)
+    scored: dict[str, dict[str, list[ScanScores]]] = {name: {"phase": [], "magnitude_only": []} for name in models}
+    for stage1 in sorted(stage1_dir.rglob(f"*{STAGE1_SUFFIX}")):
+        scan = ScanOutputs.find(stage1)
+        table, patches = scan_patches(scan, paramagnetic_sign)
+        truth = pd.read_csv(truth_dir / stage1.parent.relative_to(stage1_dir) / f"{scan.prefix}{TRUTH_SUFFIX}", sep="\t")
+        truth = truth[truth["kind"] == "cmb"]
+        group = "phase" if scan.hpphase is not None else "magnitude_only"
+        for name, model in models.items():
+            if model.spec.in_channels == 2 and scan.hpphase is None:
+                continue
+            probability = Classifier(model, 0.5, name).predict(patches[:, : model.spec.in_channels], device)
+            scored[name][group].append(ScanScores(
+                table[["x", "y", "z"]].to_numpy(float), probability, truth[["x", "y", "z"]].to_numpy(float),
+                truth["diameter_mm"].to_numpy(float) / 2, voxel_sizes(nib.load(scan.mask).affine)))
+    return scored
+
+
+def _group_report(scans: list[ScanScores], threshold: float) -> dict:
+    curve = operating_curve(scans)
+    return {
+        "scans": len(scans),
+        "at_threshold": metrics_at(scans, threshold),
+        "froc_sensitivity_at_fp_per_scan": {
+            str(rate): float(curve.loc[curve["fp_per_scan"] <= rate, "sensitivity"].max()) for rate in FROC_FP_RATES
+        },
+        "froc_curve": curve.loc[np.isfinite(curve["threshold"]), ["fp_per_scan", "sensitivity"]].to_numpy().tolist(),
+    }
+
+
+def validate_models(
+    model_paths: dict[str, str | Path], stage1_dir: str | Path, truth_dir: str | Path, max_fp_per_scan: dict[str, float],
+    paramagnetic_sign: int, device: str | torch.device = "cpu",
+) -> dict:
+    """Each model's threshold and figures on the validation cohort (the body of the model card).
+
+    The phase model's threshold is chosen on the scans with phase; the magnitude model's on every
+    scan read as magnitude only (more scans, so a steadier choice), and it is reported for the
+    scans that really lack phase as well.
+    """
+    models = {name: load_model(path) for name, path in model_paths.items()}
+    scored = score_scans(stage1_dir, truth_dir, models, paramagnetic_sign, device)
+    report = {}
+    for name, groups in scored.items():
+        pooled = groups["phase"] + groups["magnitude_only"]
+        threshold = choose_threshold(operating_curve(pooled), max_fp_per_scan[name])
+        report[name] = {
+            "weights": Path(model_paths[name]).name,
+            "in_channels": models[name].spec.in_channels,
+            "threshold": threshold,
+            "threshold_chosen_for": f"highest sensitivity at <= {max_fp_per_scan[name]} false positives per scan",
+            "validation": {group: _group_report(scans, threshold) for group, scans in
+                           ({"all": pooled} if all(groups.values()) else {}).items() | groups.items() if scans},
+        }
+    return report

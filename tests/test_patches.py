@@ -1,0 +1,62 @@
+"""World-aligned candidate patches: independent of voxel size and array order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmbflow.image import ijk_to_xyz
+from cmbflow.patches import PATCH_MM, PATCH_SIZE, candidate_patches, patch_offsets_mm, sample_patches
+
+CENTRE = np.array([4.0, -6.0, 10.0])
+
+
+def scan(affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A linear ramp in world x plus a dark 3 mm ball at CENTRE, sampled on the given grid."""
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=-1).reshape(-1, 3)
+    xyz = ijk_to_xyz(affine, ijk).reshape(*shape, 3)
+    ball = np.linalg.norm(xyz - CENTRE, axis=-1) <= 3.0
+    return (100.0 + xyz[..., 0] - 80.0 * ball).astype(np.float32)
+
+
+RAS = np.diag([0.5, 0.5, 0.5, 1.0]) + np.array([[0, 0, 0, -30.0], [0, 0, 0, -36], [0, 0, 0, -20], [0, 0, 0, 0]])
+# Same field of view, stored as P-S-L (permuted and flipped axes) with 0.5 x 0.5 x 2 mm voxels.
+PSL = np.array([[0.0, 0.0, -0.5, 30.0], [-0.5, 0.0, 0.0, 30.0], [0.0, 2.0, 0.0, -20.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def test_offsets_cover_the_physical_extent_on_a_centred_grid():
+    offsets = patch_offsets_mm()
+    spacing = PATCH_MM / PATCH_SIZE
+    assert offsets.shape == (PATCH_SIZE**3, 3)
+    assert offsets.min() == pytest.approx(-(PATCH_MM - spacing) / 2) and offsets.mean(axis=0) == pytest.approx(0)
+
+
+def test_patches_follow_world_axes_whatever_the_voxel_order():
+    ras = sample_patches(scan(RAS, (121, 145, 81)), RAS, [CENTRE])[0]
+    psl = sample_patches(scan(PSL, (133, 21, 121)), PSL, [CENTRE])[0]
+    # The ramp rises along the first patch axis (world x) in both, by 1.25 mm per sample.
+    assert np.diff(ras[:, 0, 0]).mean() == pytest.approx(PATCH_MM / PATCH_SIZE, abs=0.05)
+    assert np.diff(psl[:, 0, 0]).mean() == pytest.approx(PATCH_MM / PATCH_SIZE, abs=0.05)
+    # The ball is dark at the centre in both; the 2 mm slices blur it, but only along world z.
+    middle = PATCH_SIZE // 2
+    assert ras[middle, middle, middle] < 40 and psl[middle, middle, middle] < 60
+    assert np.abs(ras[:, :, 0] - psl[:, :, 0]).max() < 1.0  # far from the ball: the same ramp
+
+
+def test_channels_are_normalised_and_phase_signed():
+    affine = RAS
+    magnitude = scan(affine, (121, 145, 81))
+    mask = np.ones(magnitude.shape, dtype=bool)
+    phase = np.full(magnitude.shape, -0.5, dtype=np.float32)  # paramagnetic with the default sign
+    patches = candidate_patches(magnitude, mask, affine, [CENTRE, CENTRE + 5], phase, paramagnetic_sign=-1)
+    assert patches.shape == (2, 2, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE) and patches.dtype == np.float32
+    assert patches[:, 0].max() <= 2.0 and np.median(patches[1, 0]) == pytest.approx(1.0, abs=0.1)
+    assert patches[:, 1] == pytest.approx(0.5 / np.pi)
+    assert candidate_patches(magnitude, mask, affine, [CENTRE]).shape[1] == 1  # no phase: one channel
+    assert candidate_patches(magnitude, mask, affine, np.zeros((0, 3))).shape == (0, 1, *(PATCH_SIZE,) * 3)
+
+
+def test_empty_brain_is_an_error():
+    magnitude = np.zeros((10, 10, 10), dtype=np.float32)
+    with pytest.raises(ValueError, match="no positive signal"):
+        candidate_patches(magnitude, magnitude > 0, np.eye(4), [[5.0, 5.0, 5.0]])

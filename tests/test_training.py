@@ -1,0 +1,76 @@
+"""Training pieces: labels from truth, augmentation, determinism, threshold choice, model I/O."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cmbflow.model import CandidateNet, ModelSpec, load_model, save_model
+from cmbflow.training import TrainParams, augment, choose_threshold, label_candidates, train_classifier
+
+VOXEL = (1.0, 1.0, 2.0)
+
+
+def test_labels_match_bleeds_one_to_one_and_name_calcifications():
+    truth = pd.DataFrame({"x": [0.0, 30.0], "y": [0.0, 0.0], "z": [0.0, 0.0], "kind": ["cmb", "calcification"],
+                          "diameter_mm": [4.0, 3.0]})
+    candidates = pd.DataFrame({"x": [0.5, 1.0, 30.5, -40.0], "y": [0.0] * 4, "z": [0.0] * 4})
+    assert label_candidates(candidates, truth, VOXEL).tolist() == ["cmb", "other", "calcification", "other"]
+
+
+def test_threshold_is_most_sensitive_within_the_false_positive_budget():
+    curve = pd.DataFrame({"threshold": [np.inf, 0.9, 0.7, 0.4, 0.1], "sensitivity": [0, 0.5, 0.8, 0.8, 1.0],
+                          "fp_per_scan": [0, 0.1, 0.3, 0.45, 2.0]})
+    assert choose_threshold(curve, 0.5) == 0.7  # 0.4 is as sensitive with more false positives
+    assert choose_threshold(curve, 5.0) == 0.1
+    assert choose_threshold(curve, 0.05) == 0.9  # nothing that strict: the fewest false positives
+
+
+def test_augmentation_keeps_shape_and_is_reproducible():
+    x = torch.rand(6, 2, 16, 16, 16) * 2 - 1
+    first = augment(x, torch.Generator().manual_seed(1))
+    again = augment(x, torch.Generator().manual_seed(1))
+    assert first.shape == x.shape and torch.equal(first, again)
+    assert not torch.equal(first, x) and first[:, 1].abs().max() <= 1.0
+
+
+def tiny_set(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Dark central blobs (label 1) against dark off-centre bars (label 0)."""
+    rng = np.random.default_rng(0)
+    x = np.ones((n, 2, 16, 16, 16), dtype=np.float32) + rng.normal(0, 0.05, (n, 2, 16, 16, 16)).astype(np.float32)
+    labels = np.arange(n) % 2
+    x[labels == 1, 0, 6:10, 6:10, 6:10] = 0.2
+    x[labels == 0, 0, 2:4, :, 6:10] = 0.2
+    return x, labels
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    x, y = tiny_set()
+    params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1)
+    first, history = train_classifier(x, y, params)
+    again, _ = train_classifier(x, y, params)
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_weights_round_trip_through_safetensors_without_pickle(tmp_path):
+    model = CandidateNet(ModelSpec(in_channels=1, widths=(4, 8))).eval()
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    header_length = int.from_bytes(path.read_bytes()[:8], "little")  # safetensors: length + JSON header
+    assert path.read_bytes()[8:8 + header_length].startswith(b"{")
+    loaded = load_model(path)
+    x = torch.rand(3, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert loaded(x).shape == (3,) and torch.allclose(loaded(x), model(x))
+    assert loaded.spec == model.spec
+
+
+def test_missing_weights_name_the_file(tmp_path):
+    from cmbflow.errors import InputError
+
+    with pytest.raises(InputError, match="weights not found"):
+        load_model(tmp_path / "none.safetensors")

@@ -1,0 +1,13 @@
+from pathlib import Path
+
+from cmbflow.step import run_step
+from cmbflow.training import collect_patches
+
+run_step(
+    snakemake,
+    collect_patches,
+    derivatives_dir=snakemake.input.stage1,
+    truth_dir=Path(snakemake.input.bids) / "derivatives" / "simulation",
+    out_npz=snakemake.output[0],
+    paramagnetic_sign=snakemake.params.paramagnetic_sign,
+)
