@@ -24,12 +24,7 @@ include: "rules/train.smk"
 include: "rules/group.smk"
 
 
-def analysis_outputs(wildcards):
-    require_dataset(CFG)  # stops here, with one line, when bids_dir or output_dir is missing
-    return [*rules.dataset_description.output, *rules.cohort.output]
-
-
 rule all:
     default_target: True
     input:
-        analysis_outputs,
+        analysis_outputs,  # rules/common.smk: stops with one line without bids_dir/output_dir

@@ -94,3 +94,9 @@ def benchmark_path(rule_name):
 
 def label(wildcards):
     return subject_of(wildcards).label
+
+
+def analysis_outputs(wildcards):
+    """Targets of a normal run; stops here, with one line, when bids_dir or output_dir is missing."""
+    require_dataset(CFG)
+    return [*rules.dataset_description.output, *rules.cohort.output]

@@ -19,6 +19,7 @@ rule simulate_cohort:
     output:
         directory(f"{TRAIN}/{{cohort}}/bids"),
     params:
+        cmbflow=CMBFLOW,
         n=lambda wc: COHORTS[wc.cohort][0],
         seed=lambda wc: COHORTS[wc.cohort][1],
         preset=lambda wc: COHORTS[wc.cohort][2],
@@ -31,7 +32,7 @@ rule simulate_cohort:
     conda:
         "../envs/cmbflow.yaml"
     shell:
-        "{CMBFLOW} simulate {output} --subjects {params.n} --seed {params.seed} --preset {params.preset} > {log} 2>&1"
+        "{params.cmbflow} simulate {output} --subjects {params.n} --seed {params.seed} --preset {params.preset} > {log} 2>&1"
 
 
 rule stage1_cohort:
@@ -39,6 +40,8 @@ rule stage1_cohort:
         rules.simulate_cohort.output,
     output:
         directory(f"{TRAIN}/{{cohort}}/stage1"),
+    params:
+        cmbflow=CMBFLOW,
     log:
         f"{TRAIN}/logs/stage1_cohort/{{cohort}}.log",
     threads: workflow.cores
@@ -48,7 +51,7 @@ rule stage1_cohort:
     conda:
         "../envs/cmbflow.yaml"
     shell:
-        "{CMBFLOW} {input} {output} participant --cores {threads} --until candidates --notemp > {log} 2>&1"
+        "{params.cmbflow} {input} {output} participant --cores {threads} --until candidates --notemp > {log} 2>&1"
 
 
 rule training_patches:

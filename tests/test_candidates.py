@@ -72,11 +72,11 @@ def test_spheres_are_round_and_sized_and_the_tube_is_not(candidates: pd.DataFram
         if diameter >= 3:
             assert row["roundness"] > 0.45
             assert row["radius_mm"] == pytest.approx(diameter / 2, abs=0.75)
+    # Stage 1 favours recall: the vessel may give several candidates, all marked as tubular.
     on_tube = np.hypot(xyz[:, 0] - TUBE_X, xyz[:, 2] - TUBE_Z) < 2.0
-    assert on_tube.sum() <= 3
     assert np.all(candidates.loc[on_tube, "elongation"] > 3.0)
     assert np.all(candidates.loc[on_tube, "roundness"] < 0.3)
-    assert len(candidates) <= len(SPHERES_XYZ) + 3
+    assert len(candidates) == len(SPHERES_XYZ) + on_tube.sum()  # nothing from the noise
 
 
 def test_no_candidates_outside_mask_and_edge_distance(candidates: pd.DataFrame) -> None:

@@ -13,8 +13,10 @@ from cmbflow import anat, phase
 from cmbflow.errors import InputError
 from cmbflow.image import voxel_sizes
 from cmbflow.model import VARIANTS, load_classifier, packaged_model_dir
-from cmbflow.patches import PATCH_SIZE, candidate_patches
+from cmbflow.candidates import find_candidates
+from cmbflow.patches import PATCH_SIZE, candidate_features, candidate_patches, n_features
 from cmbflow.simulate import sample_subject_params, simulate_subject
+from cmbflow.training import label_candidates
 
 
 def test_packaged_models_are_safetensors_with_a_card():
@@ -30,11 +32,13 @@ def test_packaged_models_are_safetensors_with_a_card():
 def test_classifier_per_subject_and_output_shapes():
     with_phase, without = load_classifier(None, has_phase=True), load_classifier(None, has_phase=False)
     assert (with_phase.variant, without.variant) == ("phase", "magnitude")
-    probability = with_phase.predict(np.ones((5, 2, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), np.float32))
+    patch = (PATCH_SIZE,) * 3
+    probability = with_phase.predict(np.ones((5, 2, *patch), np.float32), np.zeros((5, n_features(True)), np.float32))
     assert probability.shape == (5,) and ((probability >= 0) & (probability <= 1)).all()
-    assert without.predict(np.zeros((0, 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), np.float32)).shape == (0,)
+    empty = without.predict(np.zeros((0, 1, *patch), np.float32), np.zeros((0, n_features(False)), np.float32))
+    assert empty.shape == (0,)
     with pytest.raises(ValueError, match="channels"):
-        without.predict(np.ones((1, 2, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE), np.float32))
+        without.predict(np.ones((1, 2, *patch), np.float32), np.zeros((1, n_features(False)), np.float32))
     assert load_classifier(None, has_phase=True, threshold=0.9).threshold == 0.9
 
 
@@ -44,33 +48,30 @@ def test_model_dir_without_card_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def scan():
-    """A standard simulated scan with two bleeds, two calcifications and veins, as stage 2 sees it."""
+def scored():
+    """Stage 1 and 2 on a standard simulated scan with bleeds, calcifications and veins."""
     rng = np.random.default_rng([77, 1])
-    params = dataclasses.replace(sample_subject_params(rng, "standard"), n_cmb=3, n_calcifications=2,
-                                 cmb_diameter_mm=(3.0, 4.0), cmb_chi_ppm=(0.6, 1.0))
+    params = dataclasses.replace(sample_subject_params(rng, "standard"), n_cmb=4, n_calcifications=3)
     subject = simulate_subject(params, rng)
     img = anat.n4_bias_correct(nib.Nifti1Image(subject.magnitude, subject.affine))
     mask = subject.brain_mask > 0
     hp = phase.highpass(phase.unwrap(subject.phase, mask), mask, voxel_sizes(subject.affine), 4.0)
-    return subject, img.get_fdata(dtype=np.float32), mask, hp
-
-
-def test_microbleed_scores_above_calcification_and_vein(scan):
-    subject, magnitude, mask, hp = scan
-    lesions = subject.lesions
-    veins = [v["points_xyz"][len(v["points_xyz"]) // 2] for v in subject.realised["veins"]]
-    points = {
-        "cmb": lesions.loc[lesions.kind == "cmb", ["x", "y", "z"]].to_numpy(float),
-        "calcification": lesions.loc[lesions.kind == "calcification", ["x", "y", "z"]].to_numpy(float),
-        "vein": np.asarray(veins, dtype=float),
-    }
+    table = find_candidates(img, mask, hp)
+    table["kind"] = label_candidates(table, subject.lesions, voxel_sizes(subject.affine))
+    vein_points = np.concatenate([np.asarray(v["points_xyz"]) for v in subject.realised["veins"]])
+    near_vein = np.linalg.norm(table[["x", "y", "z"]].to_numpy()[:, None] - vein_points[None], axis=-1).min(axis=1)
+    table.loc[(table["kind"] == "other") & (near_vein < 1.5), "kind"] = "vein"
+    magnitude = img.get_fdata(dtype=np.float32)
+    xyz = table[["x", "y", "z"]].to_numpy(float)
     for has_phase in (True, False):
         classifier = load_classifier(None, has_phase=has_phase)
-        scores = {
-            kind: classifier.predict(candidate_patches(magnitude, mask, subject.affine, xyz, hp if has_phase else None))
-            for kind, xyz in points.items()
-        }
-        assert scores["cmb"].max() > max(scores["calcification"].max(), scores["vein"].max()), (has_phase, scores)
-        if has_phase:  # with phase, every bleed beats every mimic
-            assert scores["cmb"].min() > max(scores["calcification"].max(), scores["vein"].max()), scores
+        patches = candidate_patches(magnitude, mask, subject.affine, xyz, hp if has_phase else None)
+        table[f"p_{has_phase}"] = classifier.predict(patches, candidate_features(table, has_phase))
+    return table
+
+
+@pytest.mark.parametrize("has_phase", [True, False])
+def test_microbleeds_score_above_calcifications_and_veins(scored, has_phase):
+    p = scored.groupby("kind")[f"p_{has_phase}"]
+    assert {"cmb", "calcification", "vein"} <= set(p.groups), p.size()
+    assert p.median()["cmb"] > max(p.max()["calcification"], p.max()["vein"]), p.describe()

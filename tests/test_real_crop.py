@@ -10,7 +10,7 @@ from cmbflow import phase
 from cmbflow.candidates import find_candidates
 from cmbflow.image import load_image, voxel_sizes
 from cmbflow.model import load_classifier
-from cmbflow.patches import candidate_patches
+from cmbflow.patches import candidate_features, candidate_patches
 
 DATA = Path(__file__).parent / "data" / "real-gre-crop"
 TE_S = [0.004, 0.008, 0.012]  # by echo number, as the ROMEO tests use them
@@ -30,12 +30,13 @@ def detections():
     table = find_candidates(nib.Nifti1Image(magnitude, mag4d.affine), mask, hp, paramagnetic_sign=-1)
     classifier = load_classifier(None, has_phase=True)
     patches = candidate_patches(magnitude, mask, mag4d.affine, table[["x", "y", "z"]].to_numpy(float), hp, -1)
-    table["probability"] = classifier.predict(patches)
+    table["probability"] = classifier.predict(patches, candidate_features(table, with_phase=True))
     return table, table["probability"] >= classifier.threshold
 
 
 def test_real_tissue_gives_few_candidates_and_no_calls(detections):
     table, calls = detections
-    assert len(table) <= 25  # measured 16 in this 24 x 24 x 41 mm crop of tissue with veins
+    # Measured 53 in this 24 x 24 x 41 mm crop of tissue with veins (stage 1 favours recall).
+    assert len(table) <= 80
     assert not calls.any()
-    assert table["probability"].max() < 0.5
+    assert table["probability"].max() < 0.1  # measured 0.0011; the phase model calls from 0.985

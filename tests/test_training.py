@@ -49,23 +49,26 @@ def tiny_set(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
 def test_training_is_deterministic_for_a_seed(tmp_path):
     x, y = tiny_set()
     params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1)
-    first, history = train_classifier(x, y, params)
-    again, _ = train_classifier(x, y, params)
+    features = np.stack([y, 1.0 - y], axis=1).astype(np.float32)
+    first, history = train_classifier(x, features, y, params)
+    again, _ = train_classifier(x, features, y, params)
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
     for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
 
 
 def test_weights_round_trip_through_safetensors_without_pickle(tmp_path):
-    model = CandidateNet(ModelSpec(in_channels=1, widths=(4, 8))).eval()
+    model = CandidateNet(ModelSpec(in_channels=1, widths=(4, 8), n_features=3)).eval()
     path = tmp_path / "m.safetensors"
     save_model(model, path)
     header_length = int.from_bytes(path.read_bytes()[:8], "little")  # safetensors: length + JSON header
     assert path.read_bytes()[8:8 + header_length].startswith(b"{")
     loaded = load_model(path)
-    x = torch.rand(3, 1, 16, 16, 16)
+    x, f = torch.rand(3, 1, 16, 16, 16), torch.rand(3, 3)
     with torch.no_grad():
-        assert loaded(x).shape == (3,) and torch.allclose(loaded(x), model(x))
+        assert loaded(x, f).shape == (3,) and torch.allclose(loaded(x, f), model(x, f))
+    with pytest.raises(ValueError, match="3 stage-1 features"):
+        loaded(x)
     assert loaded.spec == model.spec
 
 

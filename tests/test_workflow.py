@@ -157,3 +157,21 @@ def test_evaluation_against_the_simulated_truth(run, cohort):
     assert result["candidate_recall"] >= calls["sensitivity"] >= 0.5
     assert calls["fp_per_scan"] <= 3
     assert set(result["per_region"]) <= {"lobar", "deep", "infratentorial"}
+
+
+def test_train_target_needs_no_dataset_and_plans_every_step(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "2", "--dry-run", "train", "--config", f"training={{dir: {tmp_path / 'training'}}}"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
+    assert counts == {"simulate_cohort": "2", "stage1_cohort": "2", "training_patches": "1",
+                      "train_classifier": "1", "validate_classifier": "1", "train": "1", "total": "8"}
+
+
+def test_analysis_without_dataset_is_a_one_line_error(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--cores", "1", "--dry-run"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    assert "config: missing bids_dir, output_dir; run with --config bids_dir=PATH output_dir=PATH" in result.stdout + result.stderr

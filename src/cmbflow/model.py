@@ -37,18 +37,19 @@ class ModelSpec:
     """What a weight file needs to be rebuilt and used (stored in its safetensors metadata)."""
 
     in_channels: int
-    widths: tuple[int, ...] = (16, 32, 64)
+    widths: tuple[int, ...] = (8, 16, 32)
     patch_size: int = PATCH_SIZE
     patch_mm: float = PATCH_MM
+    n_features: int = 0  # stage-1 measurements beside the patch (cmbflow.patches.candidate_features)
 
     def to_metadata(self) -> dict[str, str]:
         return {"cmbflow_spec": json.dumps(asdict(self))}
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str] | None) -> "ModelSpec":
+    def from_metadata(cls, metadata: dict[str, str] | None) -> ModelSpec:
         raw = json.loads((metadata or {})["cmbflow_spec"])
         return cls(int(raw["in_channels"]), tuple(int(w) for w in raw["widths"]), int(raw["patch_size"]),
-                   float(raw["patch_mm"]))
+                   float(raw["patch_mm"]), int(raw["n_features"]))
 
 
 class ResidualBlock(nn.Module):
@@ -74,7 +75,7 @@ class ResidualBlock(nn.Module):
 
 
 class CandidateNet(nn.Module):
-    """Patch (N, C, S, S, S) -> one logit per candidate (microbleed vs not).
+    """Patch (N, C, S, S, S) and stage-1 features (N, F) -> one logit per candidate.
 
     The last feature map is flattened rather than averaged: where a structure lies relative to
     the centre (a round spot at the centre vs a vessel passing by) is what tells them apart.
@@ -96,10 +97,18 @@ class CandidateNet(nn.Module):
             width = nxt
         self.features = nn.Sequential(*layers)
         side = spec.patch_size // 2 ** len(rest)
-        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(0.3), nn.Linear(width * side**3, 1))
+        self.flatten = nn.Sequential(nn.Flatten(), nn.Dropout(0.3))
+        self.measurements = nn.Sequential(nn.Linear(spec.n_features, 32), nn.ReLU()) if spec.n_features else None
+        joined = width * side**3 + (32 if spec.n_features else 0)
+        self.head = nn.Sequential(nn.Linear(joined, 64), nn.ReLU(), nn.Linear(64, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)).squeeze(1)
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [self.flatten(self.features(x))]
+        if self.measurements is not None:
+            if features is None:
+                raise ValueError(f"this model also needs {self.spec.n_features} stage-1 features per candidate")
+            parts.append(self.measurements(features))
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)
 
 
 def save_model(model: CandidateNet, path: str | Path) -> None:
@@ -131,17 +140,18 @@ class Classifier:
     variant: str
 
     @torch.no_grad()
-    def predict(self, patches: npt.NDArray[np.float32], device: torch.device | str = "cpu",
-                batch_size: int = 256) -> npt.NDArray[np.float64]:
-        """Microbleed probability of each patch (n, C, S, S, S)."""
+    def predict(self, patches: npt.NDArray[np.float32], features: npt.NDArray[np.float32] | None = None,
+                device: torch.device | str = "cpu", batch_size: int = 256) -> npt.NDArray[np.float64]:
+        """Microbleed probability of each candidate from its patch (n, C, S, S, S) and features (n, F)."""
         if patches.shape[1] != self.model.spec.in_channels:
             raise ValueError(f"{self.variant} model takes {self.model.spec.in_channels} channels, "
                              f"got {patches.shape[1]}")
         model = self.model.to(device)
-        out = [
-            torch.sigmoid(model(torch.from_numpy(patches[i:i + batch_size]).to(device))).cpu()
-            for i in range(0, len(patches), batch_size)
-        ]
+        out = []
+        for i in range(0, len(patches), batch_size):
+            x = torch.from_numpy(patches[i:i + batch_size]).to(device)
+            f = None if features is None else torch.from_numpy(features[i:i + batch_size]).to(device)
+            out.append(torch.sigmoid(model(x, f)).cpu())
         return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 

@@ -61,9 +61,9 @@ def _markdown(card: dict) -> str:
         f"# {card['name']}", "",
         f"Code {card['code_version']}, created {card['created']} ({card['machine']}).",
         f"Patches: {card['patch']['extent_mm']:g} mm cubes on a {card['patch']['size']}^3 world-aligned grid.", "",
-        f"Trained on {card['training']['cohort']['subjects']} simulated scans (preset `training`, seed "
-        f"{card['training']['cohort']['seed']}); validated on {card['validation_cohort']['subjects']} other scans "
-        f"(preset `diverse`, seed {card['validation_cohort']['seed']}), never trained on.", "",
+        (f"Trained on {card['training']['cohort']['subjects']} simulated scans (preset `training`, seed "
+         f"{card['training']['cohort']['seed']}); validated on {card['validation_cohort']['subjects']} other scans "
+         f"(preset `diverse`, seed {card['validation_cohort']['seed']}), never trained on."), "",
         "| model | scans | threshold | microbleeds | sensitivity | precision | FP/scan | FROC @0.5 | @1 | @2 | @4 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -8,12 +8,17 @@ the patch's last axis, where the phase dipole pattern of a bleed is oriented.
 Channels: the bias-corrected magnitude divided by its brain median (tissue near 1, a bleed
 near 0), and, when there is phase, the high-pass phase signed so that paramagnetic sources are
 positive, clipped to +-pi and divided by pi.
+
+Beside the patch the network gets stage 1's measurements of the candidate (:func:`candidate_features`):
+on the validation cohort they alone ranked candidates better at low false-positive rates than
+the patch alone, and the two together better than either.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from scipy import ndimage
 
 PATCH_MM = 20.0
@@ -74,3 +79,33 @@ def candidate_patches(
         phase = paramagnetic_sign * sample_patches(hp_phase, affine, centres_xyz)
         channels.append(np.clip(phase, -np.pi, np.pi) / np.pi)
     return np.stack(channels, axis=1).astype(np.float32)
+
+
+#: Stage-1 measurements the classifier sees, each mapped to a range near [-3, 3].
+_FEATURE_TRANSFORMS = {
+    "radius_mm": np.log,
+    "volume_mm3": np.log,
+    "frst": lambda v: np.log(np.clip(v, 1e-4, None)),
+    "contrast": lambda v: v,
+    "roundness": lambda v: v,
+    "elongation": np.log,
+    "edge_distance_mm": np.log1p,
+    "phase_dipole": lambda v: np.clip(v, -np.pi, np.pi),
+}
+
+
+def n_features(with_phase: bool) -> int:
+    """How many features :func:`candidate_features` gives."""
+    return len(_FEATURE_TRANSFORMS) - (0 if with_phase else 1)
+
+
+def candidate_features(table: pd.DataFrame, with_phase: bool) -> npt.NDArray[np.float32]:
+    """The stage-1 features (n, F) of each candidate; ``phase_dipole`` only ``with_phase``."""
+    names = [name for name in _FEATURE_TRANSFORMS if with_phase or name != "phase_dipole"]
+    columns = [
+        _FEATURE_TRANSFORMS[name](np.clip(table[name].to_numpy(dtype=np.float64), 1e-6, None)
+                                  if name not in ("phase_dipole", "frst") else table[name].to_numpy(dtype=np.float64))
+        for name in names
+    ]
+    out = np.stack(columns, axis=1) if columns else np.zeros((len(table), 0))
+    return np.nan_to_num(out, nan=0.0).astype(np.float32).reshape(len(table), len(names))

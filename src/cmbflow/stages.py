@@ -33,7 +33,7 @@ from cmbflow.image import (
     write_json,
 )
 from cmbflow.model import load_classifier
-from cmbflow.patches import candidate_patches
+from cmbflow.patches import candidate_features, candidate_patches
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ def classify_candidates(
     torch_device = resolve_device(device)
     patches = candidate_patches(img.get_fdata(dtype=np.float32), _mask(mask, label), img.affine,
                                 table[["x", "y", "z"]].to_numpy(float), hp, paramagnetic_sign)
-    table["probability"] = classifier.predict(patches, torch_device)
+    features = candidate_features(table, with_phase=hp is not None)
+    table["probability"] = classifier.predict(patches, features, torch_device)
     table["is_cmb"] = table["probability"] >= classifier.threshold
     calls = table[table["is_cmb"]].drop(columns="is_cmb").reset_index(drop=True)
     log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",

@@ -8,6 +8,7 @@ iron, noise) is negative, so the network learns what it will really be shown.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from torch.nn import functional as F
 from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
 from cmbflow.image import voxel_sizes, write_json
 from cmbflow.model import CandidateNet, Classifier, ModelSpec, load_model, save_model
-from cmbflow.patches import candidate_patches
+from cmbflow.patches import candidate_features, candidate_patches, n_features
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ class TrainParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: int = Field(24, ge=1)
+    epochs: int = Field(32, ge=1)
     batch_size: int = Field(64, ge=2)
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    negatives_per_positive: int = Field(3, ge=1, description="negatives drawn per positive each epoch")
+    negatives_per_positive: int = Field(4, ge=1, description="negatives drawn per positive each epoch")
     widths: tuple[int, ...] = (8, 16, 32)
     seed: int = 0
 
@@ -56,7 +57,7 @@ class ScanOutputs:
     hpphase: Path | None
 
     @classmethod
-    def find(cls, stage1: Path) -> "ScanOutputs":
+    def find(cls, stage1: Path) -> ScanOutputs:
         prefix = stage1.name.removesuffix(STAGE1_SUFFIX)
         folder = stage1.parent
         hpphase = folder / f"{prefix}_part-phase_desc-hpphase_T2starw.nii.gz"
@@ -91,10 +92,11 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
     """Patches and labels of every simulated scan's candidates, in one compressed npz.
 
     Arrays: ``patches`` (n, 2, S, S, S) float16 (phase channel zero without phase),
-    ``label`` (1 = microbleed), ``kind``, ``has_phase``, ``scan``.
+    ``features`` (n, F) with ``phase_dipole`` last, ``label`` (1 = microbleed), ``kind``,
+    ``has_phase``, ``scan``.
     """
     derivatives_dir, truth_dir = Path(derivatives_dir), Path(truth_dir)
-    parts: dict[str, list] = {"patches": [], "label": [], "kind": [], "has_phase": [], "scan": []}
+    parts: dict[str, list] = {"patches": [], "features": [], "label": [], "kind": [], "has_phase": [], "scan": []}
     for stage1 in sorted(derivatives_dir.rglob(f"*{STAGE1_SUFFIX}")):
         scan = ScanOutputs.find(stage1)
         table, patches = scan_patches(scan, paramagnetic_sign)
@@ -104,6 +106,7 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
                             sep="\t")
         kinds = label_candidates(table, truth, voxel_sizes(nib.load(scan.mask).affine))
         parts["patches"].append(patches.astype(np.float16))
+        parts["features"].append(candidate_features(table, with_phase=True))  # phase_dipole 0 without phase
         parts["label"].append((kinds == "cmb").astype(np.int8))
         parts["kind"].append(kinds)
         parts["has_phase"].append(np.full(len(table), scan.hpphase is not None))
@@ -148,21 +151,30 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_classifier(
     patches: npt.NDArray[np.floating],
+    features: npt.NDArray[np.floating],
     labels: npt.NDArray[np.integer],
     params: TrainParams = TrainParams(),
     device: str | torch.device = "cpu",
 ) -> tuple[CandidateNet, list[dict[str, float]]]:
-    """Train a :class:`CandidateNet` on patches (n, C, S, S, S); deterministic for a seed on CPU.
+    """Train a :class:`CandidateNet` on patches (n, C, S, S, S) and features (n, F).
+
+    Deterministic for a seed on CPU.
 
     Each epoch sees every positive and ``negatives_per_positive`` times as many negatives drawn
     afresh, so the rare class is not drowned and the many easy negatives are still all seen.
     """
+    # Deterministic kernels (cuBLAS needs its workspace fixed before first use); on CUDA an op
+    # without a deterministic kernel warns rather than stops the training.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(params.seed)
-    torch.use_deterministic_algorithms(True)
     generator = torch.Generator().manual_seed(params.seed)
-    spec = ModelSpec(in_channels=patches.shape[1], widths=params.widths, patch_size=patches.shape[-1])
+    spec = ModelSpec(in_channels=patches.shape[1], widths=params.widths, patch_size=patches.shape[-1],
+                     n_features=features.shape[1])
     model = CandidateNet(spec).to(device)
     x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
+    f_all = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
     positives = torch.nonzero(y_all > 0.5).squeeze(1)
     negatives = torch.nonzero(y_all <= 0.5).squeeze(1)
@@ -181,7 +193,8 @@ def train_classifier(
         total = 0.0
         for batch in order.split(params.batch_size):
             x = augment(x_all[batch], generator).to(device)
-            loss = F.binary_cross_entropy_with_logits(model(x), y_all[batch].to(device))
+            logits = model(x, f_all[batch].to(device))
+            loss = F.binary_cross_entropy_with_logits(logits, y_all[batch].to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -242,14 +255,14 @@ def train_models(
 ) -> None:
     """Train the phase model (scans with phase) and the magnitude model (every scan, magnitude only)."""
     data = np.load(patches_npz)
-    patches, labels, has_phase = data["patches"], data["label"], data["has_phase"]
+    patches, features, labels, has_phase = data["patches"], data["features"], data["label"], data["has_phase"]
     history = {}
-    for variant, x, y, out in (
-        ("phase", patches[has_phase], labels[has_phase], out_phase),
-        ("magnitude", patches[:, :1], labels, out_magnitude),
+    for variant, x, f, y, out in (
+        ("phase", patches[has_phase], features[has_phase], labels[has_phase], out_phase),
+        ("magnitude", patches[:, :1], features[:, : n_features(with_phase=False)], labels, out_magnitude),
     ):
         started = time.perf_counter()
-        model, epochs = train_classifier(x, y, params, device)
+        model, epochs = train_classifier(x, f, y, params, device)
         save_model(model, out)
         history[variant] = {"examples": len(y), "microbleeds": int(y.sum()), "epochs": epochs,
                             "seconds": round(time.perf_counter() - started, 1)}
@@ -278,7 +291,9 @@ def score_scans(
         for name, model in models.items():
             if model.spec.in_channels == 2 and scan.hpphase is None:
                 continue
-            probability = Classifier(model, 0.5, name).predict(patches[:, : model.spec.in_channels], device)
+            with_phase = model.spec.in_channels == 2
+            probability = Classifier(model, 0.5, name).predict(
+                patches[:, : model.spec.in_channels], candidate_features(table, with_phase), device)
             scored[name][group].append(ScanScores(
                 table[["x", "y", "z"]].to_numpy(float), probability, truth[["x", "y", "z"]].to_numpy(float),
                 truth["diameter_mm"].to_numpy(float) / 2, voxel_sizes(nib.load(scan.mask).affine)))
@@ -319,6 +334,6 @@ def validate_models(
             "threshold": threshold,
             "threshold_chosen_for": f"highest sensitivity at <= {max_fp_per_scan[name]} false positives per scan",
             "validation": {group: _group_report(scans, threshold) for group, scans in
-                           ({"all": pooled} if all(groups.values()) else {}).items() | groups.items() if scans},
+                           {**({"all": pooled} if all(groups.values()) else {}), **groups}.items() if scans},
         }
     return report
