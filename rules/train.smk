@@ -44,7 +44,7 @@ rule stage1_cohort:
         cmbflow=CMBFLOW,
     log:
         f"{TRAIN}/logs/stage1_cohort/{{cohort}}.log",
-    threads: workflow.cores
+    threads: 8  # capped at --cores on one machine; what a cluster job asks for
     resources:
         mem_mb=8000,
         runtime=120,
@@ -86,7 +86,7 @@ rule train_classifier:
         device=CFG.device,
     log:
         f"{TRAIN}/logs/train_classifier.log",
-    threads: workflow.cores
+    threads: 8  # capped at --cores on one machine; what a cluster job asks for
     resources:
         mem_mb=8000,
         runtime=120,
@@ -113,7 +113,7 @@ rule validate_classifier:
         device=CFG.device,
     log:
         f"{TRAIN}/logs/validate_classifier.log",
-    threads: workflow.cores
+    threads: 8  # capped at --cores on one machine; what a cluster job asks for
     resources:
         mem_mb=8000,
         runtime=30,
