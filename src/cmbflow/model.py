@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -119,8 +120,6 @@ def save_model(model: CandidateNet, path: str | Path) -> None:
 
 def load_model(path: str | Path) -> CandidateNet:
     """Rebuild a model from a safetensors file (never unpickles), in evaluation mode."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise InputError("classifier weights not found", path=path)

@@ -83,13 +83,13 @@ def candidate_patches(
 
 #: Stage-1 measurements the classifier sees, each mapped to a range near [-3, 3].
 _FEATURE_TRANSFORMS = {
-    "radius_mm": np.log,
-    "volume_mm3": np.log,
+    "radius_mm": lambda v: np.log(np.clip(v, 1e-6, None)),
+    "volume_mm3": lambda v: np.log(np.clip(v, 1e-6, None)),
     "frst": lambda v: np.log(np.clip(v, 1e-4, None)),
-    "contrast": lambda v: v,
-    "roundness": lambda v: v,
-    "elongation": np.log,
-    "edge_distance_mm": np.log1p,
+    "contrast": lambda v: np.clip(v, 1e-6, None),
+    "roundness": lambda v: np.clip(v, 1e-6, None),
+    "elongation": lambda v: np.log(np.clip(v, 1e-6, None)),
+    "edge_distance_mm": lambda v: np.log1p(np.clip(v, 1e-6, None)),
     "phase_dipole": lambda v: np.clip(v, -np.pi, np.pi),
 }
 
@@ -100,12 +100,7 @@ def n_features(with_phase: bool) -> int:
 
 
 def candidate_features(table: pd.DataFrame, with_phase: bool) -> npt.NDArray[np.float32]:
-    """The stage-1 features (n, F) of each candidate; ``phase_dipole`` only ``with_phase``."""
+    """The stage-1 features (n, F) of each candidate; ``phase_dipole`` (last) only ``with_phase``."""
     names = [name for name in _FEATURE_TRANSFORMS if with_phase or name != "phase_dipole"]
-    columns = [
-        _FEATURE_TRANSFORMS[name](np.clip(table[name].to_numpy(dtype=np.float64), 1e-6, None)
-                                  if name not in ("phase_dipole", "frst") else table[name].to_numpy(dtype=np.float64))
-        for name in names
-    ]
-    out = np.stack(columns, axis=1) if columns else np.zeros((len(table), 0))
-    return np.nan_to_num(out, nan=0.0).astype(np.float32).reshape(len(table), len(names))
+    columns = [_FEATURE_TRANSFORMS[name](table[name].to_numpy(dtype=np.float64)) for name in names]
+    return np.nan_to_num(np.stack(columns, axis=1), nan=0.0).astype(np.float32)

@@ -65,15 +65,17 @@ class ScanOutputs:
                    folder / f"{prefix}_desc-brain_mask.nii.gz", hpphase if hpphase.exists() else None)
 
 
-def scan_patches(scan: ScanOutputs, paramagnetic_sign: int) -> tuple[pd.DataFrame, npt.NDArray[np.float32]]:
-    """The stage-1 table of a scan and its classifier patches (n, 1 or 2, S, S, S)."""
+def scan_patches(
+    scan: ScanOutputs, paramagnetic_sign: int
+) -> tuple[pd.DataFrame, npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """The stage-1 table of a scan, its classifier patches (n, 1 or 2, S, S, S) and voxel size."""
     table = pd.read_csv(scan.stage1, sep="\t")
     img = nib.load(scan.magnitude)
     mask = np.asanyarray(nib.load(scan.mask).dataobj) > 0
     phase = None if scan.hpphase is None else nib.load(scan.hpphase).get_fdata(dtype=np.float32)
     patches = candidate_patches(img.get_fdata(dtype=np.float32), mask, img.affine,
                                 table[["x", "y", "z"]].to_numpy(float), phase, paramagnetic_sign)
-    return table, patches
+    return table, patches, voxel_sizes(img.affine)
 
 
 def label_candidates(candidates: pd.DataFrame, truth: pd.DataFrame, voxel_size: npt.ArrayLike) -> npt.NDArray[np.str_]:
@@ -99,12 +101,12 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
     parts: dict[str, list] = {"patches": [], "features": [], "label": [], "kind": [], "has_phase": [], "scan": []}
     for stage1 in sorted(derivatives_dir.rglob(f"*{STAGE1_SUFFIX}")):
         scan = ScanOutputs.find(stage1)
-        table, patches = scan_patches(scan, paramagnetic_sign)
+        table, patches, voxel = scan_patches(scan, paramagnetic_sign)
         if patches.shape[1] == 1:
             patches = np.concatenate([patches, np.zeros_like(patches)], axis=1)
         truth = pd.read_csv(truth_dir / stage1.parent.relative_to(derivatives_dir) / f"{scan.prefix}{TRUTH_SUFFIX}",
                             sep="\t")
-        kinds = label_candidates(table, truth, voxel_sizes(nib.load(scan.mask).affine))
+        kinds = label_candidates(table, truth, voxel)
         parts["patches"].append(patches.astype(np.float16))
         parts["features"].append(candidate_features(table, with_phase=True))  # phase_dipole 0 without phase
         parts["label"].append((kinds == "cmb").astype(np.int8))
@@ -284,7 +286,7 @@ def score_scans(
     scored: dict[str, dict[str, list[ScanScores]]] = {name: {"phase": [], "magnitude_only": []} for name in models}
     for stage1 in sorted(stage1_dir.rglob(f"*{STAGE1_SUFFIX}")):
         scan = ScanOutputs.find(stage1)
-        table, patches = scan_patches(scan, paramagnetic_sign)
+        table, patches, voxel = scan_patches(scan, paramagnetic_sign)
         truth = pd.read_csv(truth_dir / stage1.parent.relative_to(stage1_dir) / f"{scan.prefix}{TRUTH_SUFFIX}", sep="\t")
         truth = truth[truth["kind"] == "cmb"]
         group = "phase" if scan.hpphase is not None else "magnitude_only"
@@ -296,7 +298,7 @@ def score_scans(
                 patches[:, : model.spec.in_channels], candidate_features(table, with_phase), device)
             scored[name][group].append(ScanScores(
                 table[["x", "y", "z"]].to_numpy(float), probability, truth[["x", "y", "z"]].to_numpy(float),
-                truth["diameter_mm"].to_numpy(float) / 2, voxel_sizes(nib.load(scan.mask).affine)))
+                truth["diameter_mm"].to_numpy(float) / 2, voxel))
     return scored
 
 
