@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 import slurm_cluster
 from cmbflow.simulate import simulate_cohort
@@ -25,9 +26,6 @@ from cmbflow.simulate import simulate_cohort
 pytestmark = pytest.mark.workflow
 
 REPO = Path(__file__).resolve().parents[1]
-# Stage-2 model of every run here: [] = the model shipped in src/cmbflow/models/ (another one:
-# ["classifier={model_dir: /path/to/model}"]).
-MODEL_CONFIG: list[str] = []
 # Settings for this test cluster only, on top of profiles/slurm: it has no slurmdbd, so sacct
 # cannot report job states (squeue can, as finished jobs stay listed for MinJobAge); quick first
 # status check; the SLURM logs of successful jobs are kept so the tests can read them.
@@ -35,8 +33,10 @@ CLUSTER_ONLY = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before
                 "--slurm-keep-successful-logs"]
 RUN_TIMEOUT_S = 1200
 
-CPU_RULES = ("bias_correct", "brain_mask", "register_to_mni", "phase_preproc")
-GPU_RULES = ("candidates", "classify", "subject_summary")
+# The per-subject SLURM jobs and their rules, as the profile groups them.
+GROUPS = [entry.split("=") for entry in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["groups"]]
+CPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_cpu")
+GPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_gpu")
 HAS_PHASE = {"001": True, "002": False, "003": True}
 
 
@@ -54,7 +54,7 @@ def snakemake(bids: Path, out: Path, *extra: str, cluster: slurm_cluster.SlurmCl
     profile = ["--profile", str(REPO / "profiles" / "slurm"), *CLUSTER_ONLY] if cluster else \
         ["--profile", str(REPO / "profiles" / "local"), "--cores", "2"]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(out),
-           "--config", f"bids_dir={bids}", f"output_dir={out}", *MODEL_CONFIG, *profile, *extra]
+           "--config", f"bids_dir={bids}", f"output_dir={out}", *profile, *extra]
     out.mkdir(parents=True, exist_ok=True)
     env = cluster.env if cluster else None
     if background:
