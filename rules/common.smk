@@ -78,8 +78,13 @@ def expand_subjects(pattern):
     return [pattern.format(**s.wildcards) for s in SUBJECTS.values()]
 
 
+def subject_file(ext, folder=""):
+    """A per-subject file named sub-X[_ses-Y]{ext} in output_dir/folder (a report page at the top)."""
+    return f"{OUT}/{folder}sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ext
+
+
 def _per_subject(folder, rule_name, ext):
-    return f"{OUT}/{folder}/{rule_name}/sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ext
+    return subject_file(ext, folder=f"{folder}/{rule_name}/")
 
 
 def log_path(rule_name):
@@ -99,4 +104,5 @@ def label(wildcards):
 def analysis_outputs(wildcards):
     """Targets of a normal run; stops here, with one line, when bids_dir or output_dir is missing."""
     require_dataset(CFG)
-    return [*rules.dataset_description.output, *rules.cohort.output]
+    return [*rules.dataset_description.output, *rules.cohort.output, *rules.cohort_report.output,
+            *expand_subjects(rules.subject_report.output.html)]
