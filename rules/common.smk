@@ -106,3 +106,28 @@ def analysis_outputs(wildcards):
     require_dataset(CFG)
     return [*rules.dataset_description.output, *rules.cohort.output, *rules.cohort_report.output,
             *expand_subjects(rules.subject_report.output.html)]
+
+
+def phase_report_inputs(wildcards):
+    """The SWI and high-pass phase, shown beside the magnitude when the subject has phase."""
+    if not has_phase(wildcards):
+        return {}
+    return {"swi": rules.phase_preproc.output.swi, "hpphase": rules.phase_preproc.output.hpphase}
+
+
+def report_sources(wildcards):
+    """The input files named on the page."""
+    subject = subject_of(wildcards)
+    return {"magnitude": str(subject.mag), "phase": subject.phase and str(subject.phase),
+            "T1w": subject.t1w and str(subject.t1w)}
+
+
+def qc_figure(desc, subcategory, caption, **entities):
+    """A per-subject QC figure, listed in `snakemake --report` under its subject (and session)."""
+    return report(
+        out(datatype="figures", desc=desc, suffix="T2starw.png", **entities),
+        caption=f"../report/{caption}.rst",
+        category="Subject QC",
+        subcategory=subcategory,
+        labels=dict(WILDCARDS),
+    )

@@ -2,31 +2,6 @@
 # and one for the cohort. The figures are also PNG files, marked for `snakemake --report`.
 
 
-def phase_report_inputs(wildcards):
-    """The SWI and high-pass phase, shown beside the magnitude when the subject has phase."""
-    if not has_phase(wildcards):
-        return {}
-    return {"swi": rules.phase_preproc.output.swi, "hpphase": rules.phase_preproc.output.hpphase}
-
-
-def report_sources(wildcards):
-    """The input files named on the page."""
-    subject = subject_of(wildcards)
-    return {"magnitude": str(subject.mag), "phase": subject.phase and str(subject.phase),
-            "T1w": subject.t1w and str(subject.t1w)}
-
-
-def figure(desc, subcategory, caption, **entities):
-    """A per-subject QC figure, listed in `snakemake --report` under its subject (and session)."""
-    return report(
-        out(datatype="figures", desc=desc, suffix="T2starw.png", **entities),
-        caption=f"../report/{caption}.rst",
-        category="Subject QC",
-        subcategory=subcategory,
-        labels=dict(WILDCARDS),
-    )
-
-
 rule subject_report:
     input:
         unpack(phase_report_inputs),
@@ -39,10 +14,10 @@ rule subject_report:
         metrics=rules.subject_summary.output[0],
     output:
         html=subject_file("_report.html"),
-        mask_png=figure("brainmask", "Brain mask", "brain_mask"),
-        registration_png=figure("registration", "Registration", "registration", space="MNI152NLin2009aSym"),
-        calls_png=figure("calls", "Microbleed calls", "calls"),
-        rejected_png=figure("rejected", "Rejected candidates", "rejected"),
+        mask_png=qc_figure("brainmask", "Brain mask", "brain_mask"),
+        registration_png=qc_figure("registration", "Registration", "registration", space="MNI152NLin2009aSym"),
+        calls_png=qc_figure("calls", "Microbleed calls", "calls"),
+        rejected_png=qc_figure("rejected", "Rejected candidates", "rejected"),
     params:
         label=label,
         sources=report_sources,
