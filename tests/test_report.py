@@ -102,3 +102,14 @@ def test_cohort_page_with_and_without_region_columns(tmp_path, with_regions):
     assert "no phase" in html  # sub-02 is flagged
     assert ("<th>region</th>" in html) == with_regions
     assert ("Regions: n/a" in html) != with_regions
+
+
+def test_cohort_page_flags_failed_subjects_without_linking_them(tmp_path):
+    SUMMARY.assign(status=["ok", "failed"], error=[np.nan, "corrupt magnitude"]).to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame({"participant_id": ["sub-01"], "session_id": [np.nan], "x": [1.0]}).to_csv(tmp_path / "c.csv", index=False)
+    out = tmp_path / "group" / "cohort_report.html"
+    reports = {s: str(tmp_path / f"{s}_report.html") for s in ("sub-01", "sub-02")}
+    write_cohort_report(tmp_path / "s.csv", tmp_path / "c.csv", out, tmp_path / "group" / "counts.png", reports)
+    html = out.read_text()
+    assert "status failed: corrupt magnitude" in html
+    assert 'href="../sub-01_report.html"' in html and 'href="../sub-02_report.html"' not in html

@@ -23,6 +23,7 @@ import numpy.typing as npt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cmbflow.image import atomic_path, ijk_to_xyz  # noqa: E402
 from cmbflow.patches import sample_world  # noqa: E402
@@ -226,6 +227,8 @@ def cohort_figure(summary: pd.DataFrame, detections: pd.DataFrame) -> Figure:
     if len(counts):
         axes[0].hist(counts, bins=np.arange(counts.max() + 2) - 0.5, color="#4477aa", edgecolor="white")
     axes[0].set(title="microbleeds per scan", xlabel="number of microbleeds", ylabel="scans")
+    for ax in axes:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     groups = acquisition_groups(summary)
     for position, (name, values) in enumerate(summary.groupby(groups, sort=True)["n_cmb"]):
         jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
@@ -239,6 +242,8 @@ def cohort_figure(summary: pd.DataFrame, detections: pd.DataFrame) -> Figure:
         axes[2].tick_params(axis="x", rotation=30, labelsize=8)
     else:
         axes[2].text(0.5, 0.5, "regions: n/a", ha="center", va="center", transform=axes[2].transAxes)
+        axes[2].set_xticks([])
+        axes[2].set_yticks([])
     axes[2].set(title="microbleeds by region", ylabel="microbleeds")
     fig.tight_layout()
     return fig

@@ -51,8 +51,9 @@ def qc_warnings(metrics: dict) -> list[str]:
     """Reasons to look at a subject before trusting its counts (metrics it lacks are skipped)."""
     warnings = []
     status = metrics.get("status")
-    if status is not None and str(status).lower() not in OK_STATUS:
-        warnings.append(f"status {status}: {metrics.get('error', 'see the logs')}")
+    if not _ok(status):
+        error = metrics.get("error")
+        warnings.append(f"status {status}: {error if _known(error) else 'see the logs'}")
     if metrics.get("phase_used") in (False, 0):  # None (unknown) is not in there
         warnings.append("no phase image: the magnitude-only model ran (calcifications and veins are harder to "
                         "tell from microbleeds)")
@@ -71,6 +72,11 @@ def qc_warnings(metrics: dict) -> list[str]:
         warnings.append(f"poor registration to MNI (similarity {similarity:.2f} < {LOW_REGISTRATION_SIMILARITY}): "
                         "MNI positions and regions are unreliable")
     return warnings
+
+
+def _ok(status: object) -> bool:
+    """Whether a subject's status (unknown counts as ok: older outputs have none) means it went through."""
+    return not _known(status) or str(status).lower() in OK_STATUS
 
 
 def _known(value: object) -> bool:
@@ -189,12 +195,14 @@ def write_cohort_report(
     figures.save_png(figures.cohort_figure(table, calls), out_png)
     labels = [row.participant_id + (f"_{row.session_id}" if _known(row.session_id) else "")
               for row in table.itertuples()]
+    statuses = table["status"] if "status" in table.columns else pd.Series("ok", index=table.index)
+    # A failed subject has no page to link to.
     links = {lab: Path(os.path.relpath(subject_reports[lab], Path(out_html).parent)).as_posix()
-             for lab in labels if lab in subject_reports}
+             for lab, status in zip(labels, statuses) if lab in subject_reports and _ok(status)}
     flagged = [{"label": lab, "warnings": qc_warnings(row.to_dict())}
                for lab, (_, row) in zip(labels, table.iterrows())]
     protocols = table.assign(protocol=figures.acquisition_groups(table)).groupby("protocol")["n_cmb"]
-    by_protocol = [[name, str(len(v)), _display(float(v.mean())), _display(float(v.median())), str(int(v.max()))]
+    by_protocol = [[name, str(len(v)), *(_display(float(stat)) for stat in (v.mean(), v.median(), v.max()))]
                    for name, v in protocols]
     region_columns = [c for c in ("region", "lobe", "hemisphere") if c in calls.columns]
     by_region = ([[*map(_display, key if isinstance(key, tuple) else (key,)), str(n)]
