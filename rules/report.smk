@@ -28,7 +28,7 @@ rule subject_report:
     threads: 1
     resources:
         mem_mb=1500,
-        runtime=10,
+        runtime=5,
     conda:
         "../envs/cmbflow.yaml"
     script:
