@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
-import nibabel as nib
 
 from cmbflow.image import ijk_to_xyz
 from cmbflow.report import figures
