@@ -15,6 +15,9 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "report/workflow.rst"  # snakemake --report: the QC figures of rules/report.smk
+
+
 include: "rules/common.smk"
 include: "rules/anat.smk"
 include: "rules/phase.smk"
@@ -22,6 +25,7 @@ include: "rules/candidates.smk"
 include: "rules/classify.smk"
 include: "rules/train.smk"
 include: "rules/group.smk"
+include: "rules/report.smk"
 
 
 rule all:

@@ -78,8 +78,13 @@ def expand_subjects(pattern):
     return [pattern.format(**s.wildcards) for s in SUBJECTS.values()]
 
 
+def subject_file(ext, folder=""):
+    """A per-subject file named sub-X[_ses-Y]{ext} in output_dir/folder (a report page at the top)."""
+    return f"{OUT}/{folder}sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ext
+
+
 def _per_subject(folder, rule_name, ext):
-    return f"{OUT}/{folder}/{rule_name}/sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ext
+    return subject_file(ext, folder=f"{folder}/{rule_name}/")
 
 
 def log_path(rule_name):
@@ -99,4 +104,30 @@ def label(wildcards):
 def analysis_outputs(wildcards):
     """Targets of a normal run; stops here, with one line, when bids_dir or output_dir is missing."""
     require_dataset(CFG)
-    return [*rules.dataset_description.output, *rules.cohort.output]
+    return [*rules.dataset_description.output, *rules.cohort.output, *rules.cohort_report.output,
+            *expand_subjects(rules.subject_report.output.html)]
+
+
+def phase_report_inputs(wildcards):
+    """The SWI and high-pass phase, shown beside the magnitude when the subject has phase."""
+    if not has_phase(wildcards):
+        return {}
+    return {"swi": rules.phase_preproc.output.swi, "hpphase": rules.phase_preproc.output.hpphase}
+
+
+def report_sources(wildcards):
+    """The input files named on the page."""
+    subject = subject_of(wildcards)
+    return {"magnitude": str(subject.mag), "phase": subject.phase and str(subject.phase),
+            "T1w": subject.t1w and str(subject.t1w)}
+
+
+def qc_figure(desc, subcategory, caption, **entities):
+    """A per-subject QC figure, listed in `snakemake --report` under its subject (and session)."""
+    return report(
+        out(datatype="figures", desc=desc, suffix="T2starw.png", **entities),
+        caption=f"../report/{caption}.rst",
+        category="Subject QC",
+        subcategory=subcategory,
+        labels=dict(WILDCARDS),
+    )

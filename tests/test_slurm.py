@@ -37,6 +37,9 @@ RUN_TIMEOUT_S = 1200
 GROUPS = [entry.split("=") for entry in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["groups"]]
 CPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_cpu")
 GPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_gpu")
+# The jobs for the whole dataset; a rerun for some subjects redoes the cohort ones.
+COHORT_JOBS = {("cohort", None), ("cohort_report", None)}
+DATASET_JOBS = COHORT_JOBS | {("dataset_description", None)}
 HAS_PHASE = {"001": True, "002": False, "003": True}
 
 
@@ -81,7 +84,7 @@ class SlurmJob:
     """A SLURM job that snakemake submitted, with what slurmctld knows of it and what it ran."""
 
     id: str
-    kind: str  # "subject_cpu" or "subject_gpu" (group jobs), else the rule
+    kind: str  # the profile's group ("subject_cpu", "subject_gpu", "cohort"), else the rule
     jobs: set[tuple[str, str | None]]
     record: dict[str, str]
 
@@ -96,8 +99,7 @@ def submitted(text: str, cluster: slurm_cluster.SlurmCluster) -> list[SlurmJob]:
     jobs = []
     for job_id, log in re.findall(r"submitted with SLURM jobid (\d+) \(log: (.+?)\)\.$", text, re.M):
         folder = Path(log).parent.name  # group_<group>_<rules...> or rule_<rule>
-        kind = next((g for g in ("subject_cpu", "subject_gpu") if folder.startswith(f"group_{g}_")),
-                    folder.removeprefix("rule_"))
+        kind = next((g for _, g in GROUPS if folder.startswith(f"group_{g}_")), folder.removeprefix("rule_"))
         ran = printed_jobs(Path(log).read_text()) if Path(log).exists() else set()
         jobs.append(SlurmJob(job_id, kind, ran, records.get(job_id, {})))
     return jobs
@@ -212,7 +214,7 @@ def test_cluster_run_matches_local_run(cluster, cluster_run, reference):
     assert completed(jobs)
     # Every job ran in a SLURM job (none on this machine), and each subject took exactly two.
     assert set().union(*(job.jobs for job in jobs)) == (
-        subject_jobs("001") | subject_jobs("002") | {("cohort", None), ("dataset_description", None)})
+        subject_jobs("001") | subject_jobs("002") | DATASET_JOBS)
     check_jobs_per_subject(jobs)
     assert sorted(job.kind for job in jobs) == sorted(
         ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset_description"])
@@ -226,7 +228,7 @@ def test_added_subject_runs_only_its_jobs(cluster, cluster_run, cohort, referenc
 
     plan = snakemake(bids, out, "--dry-run", cluster=cluster)
     assert plan.returncode == 0, plan.stdout[-3000:]
-    assert printed_jobs(plan.stdout) == subject_jobs("003") | {("cohort", None)}
+    assert printed_jobs(plan.stdout) == subject_jobs("003") | COHORT_JOBS
 
     result = snakemake(bids, out, cluster=cluster)
     assert result.returncode == 0, result.stdout[-4000:]
@@ -262,7 +264,7 @@ def test_broken_subject_keeps_others_going_then_reruns_only_itself(cluster, coho
 
     broken.write_bytes(original)
     plan = snakemake(bids, out, "--dry-run", cluster=cluster)
-    assert printed_jobs(plan.stdout) == subject_jobs("002") | {("cohort", None)}
+    assert printed_jobs(plan.stdout) == subject_jobs("002") | COHORT_JOBS
     result = snakemake(bids, out, cluster=cluster)
     assert result.returncode == 0, result.stdout[-4000:]
     jobs = submitted(result.stdout, cluster)
@@ -312,7 +314,7 @@ def test_killed_snakemake_resumes_on_rerun(cluster, cohort, reference, tmp_path)
 
     plan = printed_jobs(snakemake(bids, out, *bundle, "--dry-run", cluster=cluster).stdout)
     gpu_stage = {(rule, subject) for subject in ("001", "002") for rule in GPU_RULES}
-    assert gpu_stage | {("cohort", None)} <= plan <= gpu_stage | {("cohort", None), ("dataset_description", None)}
+    assert gpu_stage | COHORT_JOBS <= plan <= gpu_stage | DATASET_JOBS
     result = snakemake(bids, out, *bundle, cluster=cluster)
     assert result.returncode == 0, result.stdout[-4000:]
     jobs = submitted(result.stdout, cluster)

@@ -1,17 +1,21 @@
 """The whole workflow on a tiny simulated cohort: outputs, cohort tables, bad input, reruns."""
 
+import base64
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib import image as mpimg
 
 from cmbflow.simulate import simulate_cohort
 
@@ -175,3 +179,66 @@ def test_analysis_without_dataset_is_a_one_line_error(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0
     assert "config: missing bids_dir, output_dir; run with --config bids_dir=PATH output_dir=PATH" in result.stdout + result.stderr
+
+
+SUBJECT_SECTIONS = ("summary", "inputs", "mask", "registration", "calls", "rejected", "metrics")
+COHORT_SECTIONS = ("summary", "plots", "protocols", "regions", "flagged")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium; installed from Debian when missing and we are root."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("no chromium, and apt-get is unavailable or we are not root to install it")
+    return found
+
+
+def browse(chromium: str, page: Path, *args: str) -> str:
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           "--virtual-time-budget=10000", *args, page.as_uri()]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_report_pages_render_in_a_headless_browser(run, chromium, tmp_path):
+    pages = {run / f"sub-00{i}_report.html": SUBJECT_SECTIONS for i in (1, 2, 3)}
+    pages[run / "group" / "cohort_report.html"] = COHORT_SECTIONS
+    for page, sections in pages.items():
+        source = page.read_text()
+        assert "<link" not in source and "src=\"http" not in source  # self-contained
+        images = re.findall(r'<img src="([^"]+)"', source)
+        assert images and all(src.startswith("data:image/png;base64,") for src in images)
+        for src in images:
+            png = base64.b64decode(src.split(",", 1)[1], validate=True)
+            assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+        dom = browse(chromium, page, "--dump-dom")
+        for section in sections:
+            assert f'id="{section}"' in dom, (page.name, section)
+        # The page's script counts the images the browser decoded (naturalWidth > 0) after load.
+        total = re.search(r'data-images-total="(\d+)"', dom)
+        rendered = re.search(r'data-images-rendered="(\d+)"', dom)
+        assert total and rendered and int(total[1]) == int(rendered[1]) == len(images), page.name
+        shot = tmp_path / f"{page.stem}.png"
+        browse(chromium, page, f"--screenshot={shot}", "--window-size=1400,1600")
+        pixels = mpimg.imread(shot)[..., :3]
+        assert pixels.std() > 0.05, f"{page.name} screenshot is blank"
+
+
+def test_snakemake_report_holds_the_qc_figures(run, cohort, tmp_path):
+    report = tmp_path / "report.zip"
+    result = snakemake(cohort, run, "--report", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    with zipfile.ZipFile(report) as archive:
+        names = archive.namelist()
+    for sub in ("sub-001", "sub-002", "sub-003"):
+        for desc in ("brainmask", "calls", "rejected"):
+            assert any(n.endswith(f"{sub}_desc-{desc}_T2starw.png") for n in names), (sub, desc, names[:20])
+        assert any(n.endswith(f"{sub}_space-MNI152NLin2009aSym_desc-registration_T2starw.png") for n in names)
+    assert any(n.endswith("cohort_cmb_counts.png") for n in names)

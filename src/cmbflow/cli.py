@@ -38,7 +38,7 @@ def run_bids_app(argv: list[str]) -> int:
     parser.add_argument("bids_dir", type=Path)
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("analysis_level", choices=["participant", "group"],
-                        help="participant: every subject and the cohort tables; group: only the cohort tables")
+                        help="participant: every subject, the cohort tables and reports; group: only the cohort tables and report")
     parser.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
                         help="subjects to process (with or without the sub- prefix)")
     parser.add_argument("--configfile", type=Path, help="a config YAML replacing config/config.yaml")
@@ -56,7 +56,7 @@ def run_bids_app(argv: list[str]) -> int:
                for a in snakemake_args):
         cmd += ["--cores", "all"]
     if args.analysis_level == "group":
-        cmd += ["cohort"]
+        cmd += ["cohort", "cohort_report"]
     return subprocess.call(cmd + snakemake_args)
 
 

@@ -10,8 +10,8 @@ from cmbflow.image import atomic_path, write_json
 CODE_URL = "https://github.com/cmbflow/cmbflow"
 
 
-#: Folders of the output that are not BIDS (the validator skips them).
-NON_BIDS = ("group/", "logs/", "benchmarks/")
+#: Files and folders of the output that are not BIDS (the validator skips them).
+NON_BIDS = ("group/", "logs/", "benchmarks/", "figures/", "*_report.html")
 
 
 def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir: str | Path) -> None:

@@ -50,9 +50,22 @@ def sample_patches(
     if len(centres) == 0:
         return np.zeros((0, size, size, size), dtype=np.float32)
     points = centres[:, None, :] + patch_offsets_mm(size, extent_mm)[None]
-    voxel = points.reshape(-1, 3) @ np.linalg.inv(affine)[:3, :3].T + np.linalg.inv(affine)[:3, 3]
-    values = ndimage.map_coordinates(np.asarray(volume, dtype=np.float32), voxel.T, order=1, mode="nearest")
-    return values.reshape(len(centres), size, size, size).astype(np.float32)
+    return sample_world(volume, affine, points.reshape(-1, 3)).reshape(len(centres), size, size, size)
+
+
+def sample_world(
+    volume: npt.NDArray[np.floating],
+    affine: npt.NDArray[np.float64],
+    points_xyz: npt.NDArray[np.float64],
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+) -> npt.NDArray[np.float32]:
+    """Values of ``volume`` at world points (N, 3, RAS+ mm), interpolated with spline ``order``."""
+    inverse = np.linalg.inv(affine)
+    voxel = np.asarray(points_xyz, dtype=float) @ inverse[:3, :3].T + inverse[:3, 3]
+    values = ndimage.map_coordinates(np.asarray(volume, dtype=np.float32), voxel.T, order=order, mode=mode, cval=cval)
+    return values.astype(np.float32)
 
 
 def magnitude_reference(magnitude: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_]) -> float:

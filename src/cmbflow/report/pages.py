@@ -1,0 +1,224 @@
+"""The per-subject and cohort HTML reports: self-contained pages (PNG figures as data URIs).
+
+The figures are also written as PNG files beside the page, for ``snakemake --report``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+
+import jinja2
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from cmbflow import __version__
+from cmbflow.detections import read_detections
+from cmbflow.image import atomic_path, load_image, read_sidecar
+from cmbflow.report import figures
+
+#: Warning thresholds. An adult brain is 1000-1600 ml; the simulated and real scans gave 50-2000
+#: candidates; good registrations reached an entropy correlation of 0.22-0.34, failed ones <= 0.06
+#: (benchmarks/RESULTS.md).
+LOW_BRAIN_VOLUME_ML = 900.0
+MANY_CANDIDATES = 3000
+MANY_CALLS = 20
+LOW_REGISTRATION_SIMILARITY = 0.15
+#: Rows of the call montage (a page with hundreds of zooms helps nobody), and rejected candidates shown.
+MAX_MONTAGE_CALLS = 40
+N_REJECTED = 8
+
+#: Columns of the detection tables; the MNI and region columns appear once the workflow writes them.
+DETECTION_COLUMNS = ["x", "y", "z", "probability", "radius_mm", "mni_x", "mni_y", "mni_z", "region", "lobe",
+                     "hemisphere"]
+#: QC metrics shown as "n/a" when a subject's metrics lack them (counts by location, status).
+EXPECTED_METRICS = ["n_cmb", "n_candidates", "n_lobar", "n_deep", "n_infratentorial", "strictly_lobar",
+                    "boston2_cmb_criterion", "brain_volume_ml", "registration_similarity"]
+#: Values of a ``status`` field that mean the subject went through.
+OK_STATUS = {"ok", "success", "done", "complete"}
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def qc_warnings(metrics: dict) -> list[str]:
+    """Reasons to look at a subject before trusting its counts (metrics it lacks are skipped)."""
+    warnings = []
+    status = metrics.get("status")
+    if not _ok(status):
+        error = metrics.get("error")
+        warnings.append(f"status {status}: {error if _known(error) else 'see the logs'}")
+    if metrics.get("phase_used") in (False, 0):  # None (unknown) is not in there
+        warnings.append("no phase image: the magnitude-only model ran (calcifications and veins are harder to "
+                        "tell from microbleeds)")
+    volume = metrics.get("brain_volume_ml")
+    if _known(volume) and volume < LOW_BRAIN_VOLUME_ML:
+        warnings.append(f"low brain volume ({volume:.0f} ml < {LOW_BRAIN_VOLUME_ML:.0f} ml): check the brain mask "
+                        "(partial field of view, mask failure)")
+    n_candidates = metrics.get("n_candidates")
+    if _known(n_candidates) and n_candidates > MANY_CANDIDATES:
+        warnings.append(f"many candidates ({n_candidates:.0f} > {MANY_CANDIDATES}): artefacts or noise likely")
+    n_cmb = metrics.get("n_cmb")
+    if _known(n_cmb) and n_cmb >= MANY_CALLS:
+        warnings.append(f"many microbleeds called ({n_cmb:.0f}): review the montage for veins and artefacts")
+    similarity = metrics.get("registration_similarity")
+    if _known(similarity) and similarity < LOW_REGISTRATION_SIMILARITY:
+        warnings.append(f"poor registration to MNI (similarity {similarity:.2f} < {LOW_REGISTRATION_SIMILARITY}): "
+                        "MNI positions and regions are unreliable")
+    return warnings
+
+
+def _ok(status: object) -> bool:
+    """Whether a subject's status (unknown counts as ok: older outputs have none) means it went through."""
+    return not _known(status) or str(status).lower() in OK_STATUS
+
+
+def _known(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def _display(value: object) -> str:
+    """A table cell: "n/a" for missing values, floats rounded."""
+    if not _known(value) or value == "":
+        return "n/a"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _rows(table: pd.DataFrame, columns: list[str]) -> list[list[str]]:
+    return [[_display(row.get(c)) for c in columns] for _, row in table.iterrows()]
+
+
+def _data_uri(png: str | Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+
+
+def _write_html(template: str, path: str | Path, **context: object) -> None:
+    html = _TEMPLATES.get_template(template).render(version=__version__, **context)
+    with atomic_path(path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+
+
+def write_subject_report(
+    magnitude: str | Path,
+    mask: str | Path,
+    mask_json: str | Path,
+    warped: str | Path,
+    candidates: str | Path,
+    candidates_json: str | Path,
+    metrics: str | Path,
+    hpphase: str | Path | None,
+    swi: str | Path | None,
+    sources: dict[str, str | None],
+    out_html: str | Path,
+    out_mask_png: str | Path,
+    out_registration_png: str | Path,
+    out_calls_png: str | Path,
+    out_rejected_png: str | Path,
+    label: str,
+) -> None:
+    """One subject's QC page: inputs, mask and registration overlays, every call, top rejected candidates."""
+    mag_img = load_image(magnitude, subject=label)
+    mask_img = load_image(mask, subject=label)
+    inside = np.asarray(mask_img.dataobj) > 0.5
+    figures.save_png(figures.mask_figure(mag_img, mask_img), out_mask_png)
+    figures.save_png(figures.registration_figure(nib.load(warped)), out_registration_png)
+
+    channels = [figures.Channel.windowed("magnitude", mag_img, inside)]
+    if hpphase and swi:
+        channels.append(figures.Channel.windowed("SWI", load_image(swi, subject=label), inside))
+        channels.append(figures.Channel.windowed("high-pass phase", load_image(hpphase, subject=label), inside,
+                                                 symmetric=True))
+    table = read_detections(candidates).sort_values("probability", ascending=False, kind="stable")
+    calls = table[table["is_cmb"].astype(bool)]
+    rejected = table[~table["is_cmb"].astype(bool)].head(N_REJECTED)
+    figures.save_png(figures.montage_figure(calls.head(MAX_MONTAGE_CALLS), channels, "no microbleeds called"),
+                     out_calls_png)
+    figures.save_png(figures.montage_figure(rejected, channels, "no rejected candidates"), out_rejected_png)
+
+    qc = json.loads(Path(metrics).read_text())
+    model = json.loads(Path(candidates_json).read_text())
+    source = read_sidecar(sources["magnitude"]) if sources.get("magnitude") else {}
+    acquisition = {
+        **{f"{name} file": path or "none" for name, path in sources.items()},
+        "matrix": qc.get("matrix"),
+        "voxel size (mm)": " x ".join(_display(qc.get(f"voxel_size_{a}_mm")) for a in "xyz"),
+        "echo time (ms)": qc.get("echo_time_ms"),
+        "field strength (T)": qc.get("field_strength_t"),
+        "scanner": " ".join(str(source[k]) for k in ("Manufacturer", "ManufacturersModelName") if k in source),
+        "phase used": qc.get("phase_used"),
+        "classifier": model.get("Classifier"),
+        "probability threshold": model.get("ProbabilityThreshold"),
+        "brain mask method": json.loads(Path(mask_json).read_text()).get("Method"),
+        "cmbflow version": qc.get("cmbflow_version"),
+    }
+    shown = EXPECTED_METRICS + [k for k in qc if k not in EXPECTED_METRICS and k not in ("source",)]
+    _write_html(
+        "subject.html", out_html,
+        label=label,
+        warnings=qc_warnings(qc),
+        n_calls=len(calls),
+        n_candidates=len(table),
+        acquisition={k: _display(v) for k, v in acquisition.items()},
+        metrics={k: _display(qc.get(k)) for k in shown},
+        columns=DETECTION_COLUMNS,
+        calls=_rows(calls, DETECTION_COLUMNS),
+        montage_capped=len(calls) > MAX_MONTAGE_CALLS,
+        max_montage=MAX_MONTAGE_CALLS,
+        zoom_mm=f"{figures.ZOOM_MM:g}",
+        rejected=_rows(rejected, DETECTION_COLUMNS),
+        figures={"mask": _data_uri(out_mask_png), "registration": _data_uri(out_registration_png),
+                 "calls": _data_uri(out_calls_png), "rejected": _data_uri(out_rejected_png)},
+    )
+
+
+def write_cohort_report(
+    summary: str | Path,
+    detections: str | Path,
+    out_html: str | Path,
+    out_png: str | Path,
+    subject_reports: dict[str, str],
+) -> None:
+    """The cohort page: summary table, count plots, counts per protocol and by region, flagged subjects.
+
+    ``subject_reports`` maps a subject/session label to its page, linked relative to ``out_html``.
+    """
+    table = pd.read_csv(summary)
+    calls = pd.read_csv(detections)
+    figures.save_png(figures.cohort_figure(table, calls), out_png)
+    labels = [row.participant_id + (f"_{row.session_id}" if _known(row.session_id) else "")
+              for row in table.itertuples()]
+    statuses = table["status"] if "status" in table.columns else pd.Series("ok", index=table.index)
+    # A failed subject has no page to link to.
+    links = {lab: Path(os.path.relpath(subject_reports[lab], Path(out_html).parent)).as_posix()
+             for lab, status in zip(labels, statuses) if lab in subject_reports and _ok(status)}
+    flagged = [{"label": lab, "warnings": qc_warnings(row.to_dict())}
+               for lab, (_, row) in zip(labels, table.iterrows())]
+    protocols = table.assign(protocol=figures.acquisition_groups(table)).groupby("protocol")["n_cmb"]
+    by_protocol = [[name, str(len(v)), *(_display(float(stat)) for stat in (v.mean(), v.median(), v.max()))]
+                   for name, v in protocols]
+    region_columns = [c for c in ("region", "lobe", "hemisphere") if c in calls.columns]
+    by_region = ([[*map(_display, key if isinstance(key, tuple) else (key,)), str(n)]
+                  for key, n in calls.fillna({c: "n/a" for c in region_columns}).groupby(region_columns).size().items()]
+                 if region_columns else [])
+    _write_html(
+        "cohort.html", out_html,
+        n_scans=len(table),
+        n_calls=len(calls),
+        columns=list(table.columns),
+        rows=[[_display(v) for v in row] for row in table.itertuples(index=False)],
+        labels=labels,
+        links=links,
+        flagged=[f for f in flagged if f["warnings"]],
+        protocol_rows=by_protocol,
+        region_columns=region_columns,
+        region_rows=by_region,
+        figure=_data_uri(out_png),
+    )
