@@ -20,6 +20,7 @@ include: "rules/anat.smk"
 include: "rules/phase.smk"
 include: "rules/candidates.smk"
 include: "rules/classify.smk"
+include: "rules/locate.smk"
 include: "rules/train.smk"
 include: "rules/group.smk"
 

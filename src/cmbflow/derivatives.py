@@ -11,7 +11,7 @@ CODE_URL = "https://github.com/cmbflow/cmbflow"
 
 
 #: Folders of the output that are not BIDS (the validator skips them).
-NON_BIDS = ("group/", "logs/", "benchmarks/")
+NON_BIDS = ("group/", "logs/", "benchmarks/", "atlas/")
 
 
 def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir: str | Path) -> None:

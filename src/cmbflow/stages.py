@@ -15,14 +15,16 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from cmbflow import __version__, anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
 from cmbflow.derivatives import sidecar
-from cmbflow.detections import read_detections, write_detections
+from cmbflow.detections import mimic_flags, read_detections, write_detections
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
+from cmbflow.mars import read_mars_atlas, region_counts
 from cmbflow.image import (
     atomic_path,
     check_same_grid,
@@ -170,21 +172,23 @@ def detect_candidates(
     )
 
 
+#: Sidecar fields of the classified table that say how the calls were made (kept by locate).
+CLASSIFIER_FIELDS = ("Classifier", "ProbabilityThreshold", "Device")
+
+
 def classify_candidates(
     stage1: str | Path,
     image: str | Path,
     mask: str | Path,
     hpphase: str | Path | None,
-    out_candidates: str | Path,
-    out_candidates_json: str | Path,
-    out_calls: str | Path,
-    out_calls_json: str | Path,
+    out_tsv: str | Path,
+    out_json: str | Path,
     params: ClassifierConfig,
     paramagnetic_sign: int,
     device: str,
     label: str,
 ) -> None:
-    """Stage 2: the CNN's microbleed probability for every candidate, and the calls above threshold.
+    """Stage 2: the CNN's microbleed probability for every candidate, and ``is_cmb`` above threshold.
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
@@ -198,19 +202,45 @@ def classify_candidates(
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"] = classifier.predict(patches, features, torch_device)
     table["is_cmb"] = table["probability"] >= classifier.threshold
-    calls = table[table["is_cmb"]].drop(columns="is_cmb").reset_index(drop=True)
     log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",
-             label, len(calls), len(table), classifier.variant, classifier.threshold, torch_device)
-    about = {"Classifier": f"CandidateNet ({classifier.variant} model)", "ProbabilityThreshold": classifier.threshold,
-             "Device": torch_device.type}
+             label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)
+    about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
+                                         torch_device.type)))
     write_detections(
-        table, out_candidates, out_candidates_json,
+        table, out_tsv, out_json,
         description="Microbleed candidates with features and the classifier's probability",
         **sidecar([], [stage1, image, mask] + ([hpphase] if hpphase else [])), **about,
     )
+
+
+def locate_detections(
+    classified: str | Path,
+    classified_json: str | Path,
+    xfm: str | Path,
+    atlas: str | Path,
+    out_candidates: str | Path,
+    out_candidates_json: str | Path,
+    out_calls: str | Path,
+    out_calls_json: str | Path,
+) -> None:
+    """MNI position, MARS region and mimic flags of every candidate; the calls are the ``is_cmb`` rows."""
+    table = read_detections(classified)
+    mni = anat.points_to_mni(table[["x", "y", "z"]].to_numpy(float), anat.Transforms(Path(xfm)))
+    location = pd.DataFrame(mni, columns=["mni_x", "mni_y", "mni_z"], index=table.index)
+    location = location.join(read_mars_atlas(atlas).lookup(mni).set_axis(table.index))
+    table = pd.concat([table, location], axis=1)
+    calls = table[table["is_cmb"]].drop(columns="is_cmb").reset_index(drop=True)
+    table = pd.concat([table, mimic_flags(table)], axis=1)
+    meta = json.loads(Path(classified_json).read_text())
+    about = {key: meta[key] for key in CLASSIFIER_FIELDS}
+    write_detections(
+        table, out_candidates, out_candidates_json,
+        description="Microbleed candidates with features, the classifier's probability, location and mimic flags",
+        **sidecar([], [classified, xfm, atlas]), **about,
+    )
     write_detections(
         calls, out_calls, out_calls_json,
-        description="Cerebral microbleed detections (final calls)",
+        description="Cerebral microbleed detections (final calls) with their location",
         **sidecar([], [out_candidates]), **about,
     )
 
@@ -227,16 +257,18 @@ def summarise_subject(
     out_json: str | Path,
     label: str,
 ) -> None:
-    """One subject's row of the cohort summary (counts, acquisition, QC metrics)."""
+    """One subject's row of the cohort summary (counts by region, acquisition, QC metrics)."""
     meta = read_sidecar(source)
     img = nib.load(mag)
     vox = voxel_sizes(img.affine)
     subject, _, session = label.partition("_")
     te = meta.get("EchoTime")
+    calls = read_detections(detections)
     row = {
         "participant_id": subject,
         "session_id": session or None,
-        "n_cmb": len(read_detections(detections)),
+        "n_cmb": len(calls),
+        **region_counts(calls),
         "n_candidates": len(read_detections(candidates)),
         "phase_used": bool(has_phase),
         "echo": echo,

@@ -1,0 +1,43 @@
+# Where each candidate lies: MNI position through the subject's registration, and its
+# Microbleed Anatomical Rating Scale region from one label volume built once per run.
+
+
+rule mars_atlas:
+    output:
+        image=f"{OUT}/atlas/tpl-MNI152NLin2009aSym_atlas-MARS_dseg.nii.gz",
+        tsv=f"{OUT}/atlas/tpl-MNI152NLin2009aSym_atlas-MARS_dseg.tsv",
+    log:
+        f"{OUT}/logs/mars_atlas.log",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/mars_atlas.py"
+
+
+rule locate:
+    input:
+        tsv=rules.classify.output.tsv,
+        json=rules.classify.output.json,
+        xfm=rules.register_to_mni.output.xfm,
+        atlas=rules.mars_atlas.output.image,
+    output:
+        candidates=out(desc="candidates", suffix="detections.tsv"),
+        candidates_json=out(desc="candidates", suffix="detections.json"),
+        calls=out(desc="cmb", suffix="detections.tsv"),
+        calls_json=out(desc="cmb", suffix="detections.json"),
+    log:
+        log_path("locate"),
+    benchmark:
+        benchmark_path("locate"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/locate.py"
