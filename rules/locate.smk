@@ -1,11 +1,12 @@
 # Where each candidate lies: MNI position through the subject's registration, and its
 # Microbleed Anatomical Rating Scale region from one label volume built once per run.
+from cmbflow.mars import ATLAS_NAME
 
 
 rule mars_atlas:
     output:
-        image=f"{OUT}/atlas/tpl-MNI152NLin2009aSym_atlas-MARS_dseg.nii.gz",
-        tsv=f"{OUT}/atlas/tpl-MNI152NLin2009aSym_atlas-MARS_dseg.tsv",
+        image=f"{OUT}/atlas/{ATLAS_NAME}",
+        tsv=f"{OUT}/atlas/{ATLAS_NAME.removesuffix('.nii.gz')}.tsv",
     log:
         f"{OUT}/logs/mars_atlas.log",
     threads: 1

@@ -10,8 +10,11 @@ from cmbflow.image import atomic_path, write_json
 CODE_URL = "https://github.com/cmbflow/cmbflow"
 
 
-#: Folders of the output that are not BIDS (the validator skips them).
-NON_BIDS = ("group/", "logs/", "benchmarks/", "atlas/")
+#: Output files that BIDS 1.10 has no name for (the validator skips them): folders that are not
+#: per-subject data, the detection tables and QC metrics (no such suffix yet) and the transforms
+#: (the xfm datatype is still a proposal, BEP 014).
+NON_BIDS = ("group/", "logs/", "benchmarks/", "atlas/", "*_detections.tsv", "*_detections.json",
+            "*_metrics.json", "xfm/")
 
 
 def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir: str | Path) -> None:

@@ -52,7 +52,8 @@ LABELS: dict[int, tuple[str, str]] = {
     12: ("infratentorial", "brainstem"),
     13: ("infratentorial", "cerebellum"),
 }
-REGIONS = ("lobar", "deep", "infratentorial")
+#: File name of the label volume in a workflow output's ``atlas/`` folder (rule mars_atlas).
+ATLAS_NAME = "tpl-MNI152NLin2009aSym_atlas-MARS_dseg.nii.gz"
 LOBES = ("frontal", "parietal", "temporal", "occipital", "insula")
 _CODE = {lobe: code for code, (_, lobe) in LABELS.items()}
 

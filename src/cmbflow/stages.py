@@ -93,6 +93,7 @@ def register_to_template(
     mask: str | Path,
     out_xfm: str | Path,
     out_warped: str | Path,
+    out_warped_json: str | Path,
     out_json: str | Path,
     label: str,
 ) -> None:
@@ -103,6 +104,9 @@ def register_to_template(
         with atomic_path(out_xfm) as dst:
             shutil.copyfile(result.transforms.affine, dst)
     save_image(result.warped.get_fdata(dtype=np.float32), result.warped.affine, out_warped)
+    write_json(sidecar([], [mag, mask, out_xfm], SkullStripped=True,
+                       Description="bias-corrected magnitude, skull-stripped, in template space (QC)"),
+               out_warped_json)
     write_json(
         sidecar([], [mag, mask], Description="ANTs affine transform (subject -> template)",
                 FromSpace="T2starw", ToSpace=anat.MNI_SPACE, Software="antspyx",
@@ -137,10 +141,10 @@ def preprocess_phase(
     swi = phase.swi(mag_img.get_fdata(dtype=np.float32), hp, params.paramagnetic_sign, params.swi_power)
     save_image(hp, mag_img.affine, out_hpphase)
     save_image(swi, mag_img.affine, out_swi)
-    write_json(sidecar([phase_path], [mask], Units="rad", InputUnits=units,
+    write_json(sidecar([phase_path], [mask], Units="rad", InputUnits=units, SkullStripped=True,
                        HighPassSigma_mm=params.highpass_sigma_mm,
                        Description="unwrapped, high-pass filtered phase"), out_hpphase_json)
-    write_json(sidecar([], [mag, out_hpphase], PhaseMaskPower=params.swi_power,
+    write_json(sidecar([], [mag, out_hpphase], PhaseMaskPower=params.swi_power, SkullStripped=False,
                        ParamagneticPhase=params.paramagnetic_phase,
                        Description="susceptibility-weighted image (magnitude x phase mask^power)"), out_swi_json)
 
