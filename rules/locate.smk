@@ -9,6 +9,8 @@ rule mars_atlas:
         tsv=f"{OUT}/atlas/{ATLAS_NAME.removesuffix('.nii.gz')}.tsv",
     log:
         f"{OUT}/logs/mars_atlas.log",
+    benchmark:
+        f"{OUT}/benchmarks/mars_atlas.tsv"
     threads: 1
     resources:
         mem_mb=3000,

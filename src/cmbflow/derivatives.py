@@ -12,9 +12,10 @@ CODE_URL = "https://github.com/cmbflow/cmbflow"
 
 #: Output files that BIDS 1.10 has no name for (the validator skips them): folders that are not
 #: per-subject data, the detection tables and QC metrics (no such suffix yet) and the transforms
-#: (the xfm datatype is still a proposal, BEP 014).
-NON_BIDS = ("group/", "logs/", "benchmarks/", "atlas/", "*_detections.tsv", "*_detections.json",
-            "*_metrics.json", "xfm/")
+#: (the xfm datatype is still a proposal, BEP 014). Folder names without a trailing slash:
+#: bids-validator-deno 3.0.2 reports the folder itself as not included for ``group/``.
+NON_BIDS = ("group", "logs", "benchmarks", "atlas", "xfm", "*_detections.tsv", "*_detections.json",
+            "*_metrics.json")
 
 
 def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir: str | Path) -> None:
