@@ -10,7 +10,7 @@ rule mars_atlas:
     log:
         f"{OUT}/logs/mars_atlas.log",
     benchmark:
-        f"{OUT}/benchmarks/mars_atlas.tsv"
+        f"{OUT}/benchmarks/mars_atlas.tsv",
     threads: 1
     resources:
         mem_mb=3000,
