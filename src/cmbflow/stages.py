@@ -82,7 +82,7 @@ def make_brain_mask(
                          fix="check the image in a viewer (field of view, contrast, artefacts)")
     save_image(mask, img.affine, out_mask, dtype=np.uint8)
     write_json(
-        sidecar([t1w] if t1w else [], [mag], Type="Brain", BrainVolume_ml=round(volume, 1),
+        sidecar([t1w] if t1w else [], [mag], Type="Brain", Description="brain mask", BrainVolume_ml=round(volume, 1),
                 Method="T1w-based" if t1w else "magnitude-based"),
         out_json,
     )
