@@ -36,7 +36,7 @@ CLUSTER_ONLY = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before
 RUN_TIMEOUT_S = 1200
 
 CPU_RULES = ("bias_correct", "brain_mask", "register_to_mni", "phase_preproc")
-GPU_RULES = ("candidates", "classify", "subject_summary")
+GPU_RULES = ("candidates", "classify", "locate", "subject_summary")
 HAS_PHASE = {"001": True, "002": False, "003": True}
 
 
@@ -212,10 +212,11 @@ def test_cluster_run_matches_local_run(cluster, cluster_run, reference):
     assert completed(jobs)
     # Every job ran in a SLURM job (none on this machine), and each subject took exactly two.
     assert set().union(*(job.jobs for job in jobs)) == (
-        subject_jobs("001") | subject_jobs("002") | {("cohort", None), ("dataset_description", None)})
+        subject_jobs("001") | subject_jobs("002")
+        | {("cohort", None), ("dataset_description", None), ("mars_atlas", None)})
     check_jobs_per_subject(jobs)
     assert sorted(job.kind for job in jobs) == sorted(
-        ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset_description"])
+        ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset_description", "mars_atlas"])
     assert all(len(job.subjects) <= 1 for job in jobs)
     check_same_results(out, bids, reference)
 
