@@ -197,7 +197,7 @@ def test_calls_map_to_the_true_mni_position(run, cohort):
 def test_output_passes_the_bids_validator(run):
     """The official validator (bids-validator-deno) finds no error; warnings are printed."""
     validator = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or "bids-validator-deno"
-    result = subprocess.run([validator, str(run), "--format", "json"], capture_output=True, text=True)
+    result = subprocess.run([validator, str(run), "--format", "json"], capture_output=True, text=True, check=False)
     issues = json.loads(result.stdout)["issues"]["issues"]
     for issue in issues:
         print(issue["severity"], issue["code"], issue.get("subCode") or "", issue.get("location") or "")

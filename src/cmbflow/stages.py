@@ -20,11 +20,10 @@ import pandas as pd
 from cmbflow import __version__, anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
-from cmbflow.derivatives import sidecar
+from cmbflow.derivatives import bids_uri, sidecar
 from cmbflow.detections import mimic_flags, read_detections, write_detections
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
-from cmbflow.mars import read_mars_atlas, region_counts
 from cmbflow.image import (
     atomic_path,
     check_same_grid,
@@ -34,6 +33,7 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
+from cmbflow.mars import read_mars_atlas, region_counts
 from cmbflow.model import load_classifier
 from cmbflow.patches import candidate_features, candidate_patches
 
@@ -237,10 +237,10 @@ def locate_detections(
     table = pd.concat([table, mimic_flags(table)], axis=1)
     meta = json.loads(Path(classified_json).read_text())
     about = {key: meta[key] for key in CLASSIFIER_FIELDS}
-    write_detections(
+    write_detections(  # the classified table is temporary: name its sources instead
         table, out_candidates, out_candidates_json,
         description="Microbleed candidates with features, the classifier's probability, location and mimic flags",
-        **sidecar([], [classified, xfm, atlas]), **about,
+        Sources=meta["Sources"] + [bids_uri(xfm)], **about,
     )
     write_detections(
         calls, out_calls, out_calls_json,
