@@ -56,6 +56,7 @@ rule register_to_mni:
     output:
         xfm=out(datatype="xfm", **{"from": "T2starw"}, to="MNI152NLin2009aSym", mode="image", suffix="xfm.mat"),
         warped=out(space="MNI152NLin2009aSym", part="mag", desc="n4", suffix="T2starw.nii.gz"),
+        warped_json=out(space="MNI152NLin2009aSym", part="mag", desc="n4", suffix="T2starw.json"),
         json=out(datatype="xfm", **{"from": "T2starw"}, to="MNI152NLin2009aSym", mode="image", suffix="xfm.json"),
     params:
         label=label,

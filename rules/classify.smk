@@ -8,10 +8,8 @@ rule classify:
         stage1=rules.candidates.output.tsv,
         mask=rules.brain_mask.output.mask,
     output:
-        candidates=out(desc="candidates", suffix="detections.tsv"),
-        candidates_json=out(desc="candidates", suffix="detections.json"),
-        calls=out(desc="cmb", suffix="detections.tsv"),
-        calls_json=out(desc="cmb", suffix="detections.json"),
+        tsv=temp(out(desc="classified", suffix="detections.tsv")),
+        json=temp(out(desc="classified", suffix="detections.json")),
     params:
         label=label,
         device=CFG.device,

@@ -6,8 +6,8 @@ rule subject_summary:
         mag=rules.bias_correct.output.mag,
         mask_json=rules.brain_mask.output.json,
         xfm_json=rules.register_to_mni.output.json,
-        candidates=rules.classify.output.candidates,
-        detections=rules.classify.output.calls,
+        candidates=rules.locate.output.candidates,
+        detections=rules.locate.output.calls,
     output:
         out(desc="qc", suffix="metrics.json"),
     params:
@@ -32,7 +32,7 @@ rule subject_summary:
 rule cohort:
     input:
         summaries=expand_subjects(rules.subject_summary.output[0]),
-        detections=expand_subjects(rules.classify.output.calls),
+        detections=expand_subjects(rules.locate.output.calls),
     output:
         summary=f"{OUT}/group/cohort_summary.csv",
         detections=f"{OUT}/group/cohort_detections.csv",

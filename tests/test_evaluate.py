@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cmbflow.evaluate import detection_metrics, evaluate_outputs, froc, froc_curve, match_detections, plot_froc
+from cmbflow.mars import ATLAS_NAME
 
 VOXEL = (0.9, 0.9, 1.8)  # tolerance = radius + 1.8 mm
 
@@ -87,11 +88,12 @@ def _write_scan(root, sub, affine, truth, candidates, calls, has_phase):
     out_anat = root / "out" / sub / "anat"
     truth_anat.mkdir(parents=True)
     out_anat.mkdir(parents=True)
-    columns = ["x", "y", "z", "kind", "diameter_mm", "region"]
-    pd.DataFrame(truth, columns=columns).to_csv(truth_anat / f"{sub}_desc-truth_lesions.tsv", sep="\t", index=False)
+    truth = pd.DataFrame(truth, columns=["x", "y", "z", "kind", "diameter_mm", "region"])
+    truth[["mni_x", "mni_y", "mni_z"]] = truth[["x", "y", "z"]]  # subject space = MNI space here
+    truth.to_csv(truth_anat / f"{sub}_desc-truth_lesions.tsv", sep="\t", index=False)
     pd.DataFrame(candidates, columns=["x", "y", "z", "probability"]).to_csv(
         out_anat / f"{sub}_desc-candidates_detections.tsv", sep="\t", index=False)
-    pd.DataFrame(calls, columns=["x", "y", "z"]).to_csv(
+    pd.DataFrame(calls, columns=["x", "y", "z", "region"]).to_csv(
         out_anat / f"{sub}_desc-cmb_detections.tsv", sep="\t", index=False)
     grid = nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.uint8), affine)
     nib.save(grid, out_anat / f"{sub}_desc-brain_mask.nii.gz")
@@ -107,12 +109,12 @@ def two_scans(tmp_path):
     # calls: only the hit on 0.
     _write_scan(tmp_path, "sub-01", np.diag([0.9, 0.9, 1.8, 1.0]),
                 [[0, 0, 0, "cmb", 2, "lobar"], [50, 0, 0, "cmb", 2, "deep"], [20, 0, 0, "calcification", 3, "deep"]],
-                [[0, 0, 0.5, 0.9], [20, 0, 0, 0.8], [50, 0, 1, 0.3]], [[0, 0, 0.5]], has_phase=True)
+                [[0, 0, 0.5, 0.9], [20, 0, 0, 0.8], [50, 0, 1, 0.3]], [[0, 0, 0.5, "lobar"]], has_phase=True)
     # sub-02 (magnitude only; LPS 1 mm, tolerance r + 1): bleed at (10,10,10) r 2; candidates hit it
     # (p .6) and a FP (p .7); both are called.
     _write_scan(tmp_path, "sub-02", np.diag([-1.0, -1.0, 1.0, 1.0]),
                 [[10, 10, 10, "cmb", 4, "lobar"]],
-                [[10, 10, 11, 0.6], [30, 0, 0, 0.7]], [[10, 10, 11], [30, 0, 0]], has_phase=False)
+                [[10, 10, 11, 0.6], [30, 0, 0, 0.7]], [[10, 10, 11, "lobar"], [30, 0, 0, "deep"]], has_phase=False)
     return tmp_path
 
 
@@ -135,6 +137,20 @@ def test_evaluate_outputs_split_by_phase(two_scans) -> None:
     assert [s["phase"] for s in result["per_scan"]] == [True, False]
     assert result["per_region"]["lobar"] == {"lesions": 2, "sensitivity": 1.0}
     assert json.loads(json.dumps(result))["by_phase"]["phase"]["scans"] == 1
+
+
+def test_region_accuracy_against_the_atlas_at_the_true_position(two_scans) -> None:
+    assert "region_accuracy" not in evaluate_outputs(two_scans / "truth", two_scans / "out")
+    # Atlas: lobar frontal (1) for MNI x < 5, deep basal ganglia (6) from x = 5 on.
+    labels = np.ones((80, 40, 40), np.uint8)
+    labels[15:] = 6
+    affine = np.eye(4)
+    affine[:3, 3] = -10, -20, -20
+    (two_scans / "out" / "atlas").mkdir()
+    nib.save(nib.Nifti1Image(labels, affine), two_scans / "out" / "atlas" / ATLAS_NAME)
+    located = evaluate_outputs(two_scans / "truth", two_scans / "out")["region_accuracy"]
+    # sub-01: bleed at x 0 (lobar) called lobar; sub-02: bleed at x 10 (deep) called lobar.
+    assert located == {"matched_calls": 2, "accuracy": 0.5, "confusion": {"lobar": {"lobar": 1}, "deep": {"lobar": 1}}}
 
 
 def test_by_phase_leaves_out_an_empty_group(two_scans) -> None:

@@ -39,7 +39,7 @@ CPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_cpu")
 GPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_gpu")
 # The jobs for the whole dataset; a rerun for some subjects redoes the cohort ones.
 COHORT_JOBS = {("cohort", None), ("cohort_report", None)}
-DATASET_JOBS = COHORT_JOBS | {("dataset_description", None)}
+DATASET_JOBS = COHORT_JOBS | {("dataset_description", None), ("mars_atlas", None)}
 HAS_PHASE = {"001": True, "002": False, "003": True}
 
 
@@ -217,7 +217,7 @@ def test_cluster_run_matches_local_run(cluster, cluster_run, reference):
         subject_jobs("001") | subject_jobs("002") | DATASET_JOBS)
     check_jobs_per_subject(jobs)
     assert sorted(job.kind for job in jobs) == sorted(
-        ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset_description"])
+        ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset"])
     assert all(len(job.subjects) <= 1 for job in jobs)
     check_same_results(out, bids, reference)
 

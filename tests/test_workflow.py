@@ -49,14 +49,25 @@ def run(cohort, tmp_path_factory):
     return out
 
 
+LOCATION = ["mni_x", "mni_y", "mni_z", "region", "lobe", "hemisphere"]
+
+
 def test_per_subject_outputs(run):
     for sub in ("sub-001", "sub-002", "sub-003"):
         anat = run / sub / "anat"
         for desc in ("candidates", "cmb"):
-            table = pd.read_csv(anat / f"{sub}_desc-{desc}_detections.tsv", sep="\t")
+            table = pd.read_csv(anat / f"{sub}_desc-{desc}_detections.tsv", sep="\t", na_values="n/a",
+                                keep_default_na=False)
             assert list(table.columns[:9]) == ["x", "y", "z", "i", "j", "k", "probability", "radius_mm", "volume_mm3"]
+            assert set(LOCATION) <= set(table.columns)
+            assert set(table.region.dropna()) <= {"lobar", "deep", "infratentorial"}
+            assert (table.hemisphere == np.where(table.mni_x < 0, "left", "right")).all()
             sidecar = json.loads((anat / f"{sub}_desc-{desc}_detections.json").read_text())
-            assert sidecar["x"]["Units"] == "mm" and sidecar["Sources"]
+            assert sidecar["x"]["Units"] == "mm" and sidecar["Sources"] and sidecar["ProbabilityThreshold"] > 0
+            assert sidecar["mni_x"]["Units"] == "mm" and set(sidecar["region"]["Levels"]) == {"lobar", "deep", "infratentorial"}
+        flags = pd.read_csv(anat / f"{sub}_desc-candidates_detections.tsv", sep="\t")
+        assert {"mimic_diamagnetic", "mimic_vessel"} <= set(flags.columns)
+        assert flags.mimic_diamagnetic.isna().all() == (sub == "sub-003")  # no phase, no flag
         assert (anat / f"{sub}_desc-brain_mask.nii.gz").exists()
         assert (run / sub / "xfm" / f"{sub}_from-T2starw_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
     assert (run / "sub-001" / "anat" / "sub-001_desc-swi_T2starw.nii.gz").exists()
@@ -84,6 +95,13 @@ def test_cohort_tables(run):
     per_subject = detections.groupby("participant_id").size().reindex(summary.participant_id, fill_value=0)
     assert list(per_subject) == list(summary.n_cmb)
     assert summary.n_cmb.sum() > 0
+    assert (summary.n_lobar + summary.n_deep + summary.n_infratentorial == summary.n_cmb).all()
+    assert (summary[[f"n_lobar_{lobe}" for lobe in ("frontal", "parietal", "temporal", "occipital", "insula")]]
+            .sum(axis=1) == summary.n_lobar).all()
+    assert (summary.n_left + summary.n_right == summary.n_cmb).all()
+    assert list(summary.strictly_lobar) == list((summary.n_cmb > 0) & (summary.n_lobar == summary.n_cmb))
+    assert (~summary.boston2_cmb_criterion | (summary.n_lobar >= 2) & (summary.n_deep == 0)).all()
+    assert set(LOCATION) <= set(detections.columns)
 
 
 def test_broken_subject_keeps_others_going_and_reruns_only_itself(cohort, tmp_path):
@@ -161,6 +179,35 @@ def test_evaluation_against_the_simulated_truth(run, cohort):
     assert result["candidate_recall"] >= calls["sensitivity"] >= 0.5
     assert calls["fp_per_scan"] <= 3
     assert set(result["per_region"]) <= {"lobar", "deep", "infratentorial"}
+    assert result["region_accuracy"]["matched_calls"] == calls["true_positives"]
+    assert result["region_accuracy"]["accuracy"] >= 0.6
+
+
+def test_calls_map_to_the_true_mni_position(run, cohort):
+    """Subject -> MNI through the saved transform lands where the simulator put the bleed."""
+    errors = []
+    for sub in ("sub-001", "sub-002", "sub-003"):
+        truth = pd.read_csv(cohort / "derivatives" / "simulation" / sub / "anat" / f"{sub}_desc-truth_lesions.tsv", sep="\t")
+        calls = pd.read_csv(run / sub / "anat" / f"{sub}_desc-cmb_detections.tsv", sep="\t")
+        for _, bleed in truth[truth.kind == "cmb"].iterrows():
+            distance = np.linalg.norm(calls[["x", "y", "z"]].to_numpy() - bleed[["x", "y", "z"]].to_numpy(float), axis=1)
+            if len(calls) and distance.min() <= 2.0:
+                call = calls.iloc[int(distance.argmin())]
+                errors.append(np.linalg.norm(call[["mni_x", "mni_y", "mni_z"]].to_numpy(float)
+                                             - bleed[["mni_x", "mni_y", "mni_z"]].to_numpy(float)))
+    assert len(errors) >= 3 and np.median(errors) < 4.0 and max(errors) < 8.0, errors
+
+
+def test_output_passes_the_bids_validator(run):
+    """The official validator (bids-validator-deno) finds no error; warnings are printed."""
+    validator = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or "bids-validator-deno"
+    result = subprocess.run([validator, str(run), "--format", "json"], capture_output=True, text=True, check=False)
+    issues = json.loads(result.stdout)["issues"]["issues"]
+    for issue in issues:
+        print(issue["severity"], issue["code"], issue.get("subCode") or "", issue.get("location") or "")
+    errors = [i for i in issues if i["severity"] == "error"]
+    assert not errors, errors[:5]
+    assert (run / "atlas" / "tpl-MNI152NLin2009aSym_atlas-MARS_dseg.nii.gz").exists()
 
 
 def test_train_target_needs_no_dataset_and_plans_every_step(tmp_path):

@@ -8,6 +8,7 @@ run_step(
     mask=snakemake.input.mask,
     out_xfm=snakemake.output.xfm,
     out_warped=snakemake.output.warped,
+    out_warped_json=snakemake.output.warped_json,
     out_json=snakemake.output.json,
     label=snakemake.params.label,
 )

@@ -97,6 +97,10 @@ def run_evaluate(argv: list[str]) -> int:
     print(f"candidate recall {result['candidate_recall']:.3f} ({result['candidates_per_scan']:.0f} candidates/scan)")
     print("FROC sensitivity at FP/scan " + ", ".join(f"{k}: {v:.3f}" for k, v in result["froc_sensitivity_at_fp_per_scan"].items()))
     print("per region: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})" for k, v in result["per_region"].items()))
+    if "region_accuracy" in result:
+        located = result["region_accuracy"]
+        print(f"region of matched calls = atlas region of the true position: {located['accuracy']:.3f} "
+              f"(n={located['matched_calls']})")
     for group, figures in result["by_phase"].items():
         found, froc_at = figures["calls"], figures["froc_sensitivity_at_fp_per_scan"]
         print(f"{group.replace('_', '-')}: {figures['scans']} scans, {int(found['lesions'])} microbleeds: "

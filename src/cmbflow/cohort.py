@@ -9,13 +9,14 @@ import pandas as pd
 
 from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.image import atomic_path
+from cmbflow.mars import COUNT_COLUMNS
 
 #: Identifying columns first, in the order statisticians expect.
 ID_COLUMNS = ["participant_id", "session_id"]
 
 #: Columns of cohort_summary.csv, in order (each subject's qc metrics JSON holds them).
 SUMMARY_COLUMNS = ID_COLUMNS + [
-    "n_cmb", "n_candidates", "phase_used", "echo", "echo_time_ms", "field_strength_t",
+    "n_cmb", *COUNT_COLUMNS, "n_candidates", "phase_used", "echo", "echo_time_ms", "field_strength_t",
     "voxel_size_x_mm", "voxel_size_y_mm", "voxel_size_z_mm", "matrix", "brain_volume_ml",
     "registration_similarity", "source", "cmbflow_version",
 ]

@@ -10,8 +10,12 @@ from cmbflow.image import atomic_path, write_json
 CODE_URL = "https://github.com/cmbflow/cmbflow"
 
 
-#: Files and folders of the output that are not BIDS (the validator skips them).
-NON_BIDS = ("group/", "logs/", "benchmarks/", "figures/", "*_report.html")
+#: Output files that BIDS 1.10 has no name for (the validator skips them): folders that are not
+#: per-subject data, the detection tables and QC metrics (no such suffix yet) and the transforms
+#: (the xfm datatype is still a proposal, BEP 014). Folder names without a trailing slash:
+#: bids-validator-deno 3.0.2 reports the folder itself as not included for ``group/``.
+NON_BIDS = ("group", "logs", "benchmarks", "atlas", "xfm", "figures", "*_report.html", "*_detections.tsv", "*_detections.json",
+            "*_metrics.json")
 
 
 def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir: str | Path) -> None:

@@ -35,6 +35,38 @@ FEATURE_COLUMNS: dict[str, dict[str, str]] = {
     "is_cmb": {"Description": "Whether the detection is a final microbleed call"},
 }
 
+#: Where a detection lies (rule locate), after the features.
+LOCATION_COLUMNS: dict[str, dict[str, object]] = {
+    "mni_x": {"Description": "x y z mapped to MNI152NLin2009aSym space through the subject's affine "
+              "registration (RAS+)", "Units": "mm"},
+    "mni_y": {"Description": "MNI152NLin2009aSym coordinate, see mni_x", "Units": "mm"},
+    "mni_z": {"Description": "MNI152NLin2009aSym coordinate, see mni_x", "Units": "mm"},
+    "region": {"Description": "Microbleed Anatomical Rating Scale (MARS) region at mni_x mni_y mni_z "
+               "(atlas built from Harvard-Oxford and AAL2, see README); n/a outside the atlas",
+               "Levels": {"lobar": "cortex and juxtacortical/subcortical white matter",
+                          "deep": "basal ganglia, thalamus, internal/external capsule, corpus callosum, "
+                                  "deep and periventricular white matter",
+                          "infratentorial": "brainstem and cerebellum"}},
+    "lobe": {"Description": "Lobe (lobar: frontal, parietal, temporal, occipital, insula) or structure "
+             "(deep: basal_ganglia, thalamus, internal_capsule, external_capsule, corpus_callosum, "
+             "deep_white_matter; infratentorial: brainstem, cerebellum); n/a outside the atlas"},
+    "hemisphere": {"Description": "Side by the sign of mni_x (midline structures included)",
+                   "Levels": {"left": "mni_x < 0", "right": "mni_x >= 0"}},
+}
+
+#: Candidates that look like a microbleed mimic (candidates table only).
+MIMIC_COLUMNS: dict[str, dict[str, str]] = {
+    "mimic_diamagnetic": {"Description": "Phase pattern of a diamagnetic source (calcification-like): "
+                          "phase_dipole < -0.2 rad; n/a without phase"},
+    "mimic_vessel": {"Description": "Elongated like a vessel seen along its course: elongation > 2"},
+}
+#: Thresholds of the mimic flags, from stage-1 candidates of 10 simulated subjects matched to the
+#: simulator's truth (benchmarks/RESULTS.md): phase_dipole < -0.2 flagged 8 of 9 calcifications,
+#: 1 % of vein candidates and no microbleed (least microbleed value +0.27); elongation > 2 flagged
+#: 77 % of vein candidates and no microbleed or calcification (largest microbleed value 1.64).
+DIAMAGNETIC_PHASE_DIPOLE = -0.2
+VESSEL_ELONGATION = 2.0
+
 #: Fixed float formatting: identical inputs give byte-identical tables.
 FLOAT_FORMAT = "%.4f"
 
@@ -47,8 +79,18 @@ def write_detections(table: pd.DataFrame, tsv: str | Path, sidecar: str | Path, 
     ordered = table[list(CORE_COLUMNS) + [c for c in table.columns if c not in CORE_COLUMNS]]
     with atomic_path(tsv) as tmp:
         ordered.to_csv(tmp, sep="\t", index=False, float_format=FLOAT_FORMAT, na_rep="n/a")
-    columns = {c: (CORE_COLUMNS | FEATURE_COLUMNS).get(c, {"Description": c}) for c in ordered.columns}
+    known = CORE_COLUMNS | FEATURE_COLUMNS | LOCATION_COLUMNS | MIMIC_COLUMNS
+    columns = {c: known.get(c, {"Description": c}) for c in ordered.columns}
     write_json({"Description": description, **extra, **columns}, sidecar)
+
+
+def mimic_flags(table: pd.DataFrame) -> pd.DataFrame:
+    """``mimic_diamagnetic`` (None where the phase dipole is missing) and ``mimic_vessel`` per row."""
+    dipole = table["phase_dipole"]
+    return pd.DataFrame({
+        "mimic_diamagnetic": (dipole < DIAMAGNETIC_PHASE_DIPOLE).astype(object).where(dipole.notna(), None),
+        "mimic_vessel": table["elongation"] > VESSEL_ELONGATION,
+    }, index=table.index)
 
 
 def read_detections(tsv: str | Path) -> pd.DataFrame:

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from cmbflow import __version__, anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
-from cmbflow.derivatives import sidecar
-from cmbflow.detections import read_detections, write_detections
+from cmbflow.derivatives import bids_uri, sidecar
+from cmbflow.detections import mimic_flags, read_detections, write_detections
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
 from cmbflow.image import (
@@ -32,6 +33,7 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
+from cmbflow.mars import read_mars_atlas, region_counts
 from cmbflow.model import load_classifier
 from cmbflow.patches import candidate_features, candidate_patches
 
@@ -80,7 +82,7 @@ def make_brain_mask(
                          fix="check the image in a viewer (field of view, contrast, artefacts)")
     save_image(mask, img.affine, out_mask, dtype=np.uint8)
     write_json(
-        sidecar([t1w] if t1w else [], [mag], Type="Brain", BrainVolume_ml=round(volume, 1),
+        sidecar([t1w] if t1w else [], [mag], Type="Brain", Description="brain mask", BrainVolume_ml=round(volume, 1),
                 Method="T1w-based" if t1w else "magnitude-based"),
         out_json,
     )
@@ -91,6 +93,7 @@ def register_to_template(
     mask: str | Path,
     out_xfm: str | Path,
     out_warped: str | Path,
+    out_warped_json: str | Path,
     out_json: str | Path,
     label: str,
 ) -> None:
@@ -101,6 +104,9 @@ def register_to_template(
         with atomic_path(out_xfm) as dst:
             shutil.copyfile(result.transforms.affine, dst)
     save_image(result.warped.get_fdata(dtype=np.float32), result.warped.affine, out_warped)
+    write_json(sidecar([], [mag, mask, out_xfm], SkullStripped=True,
+                       Description="bias-corrected magnitude, skull-stripped, in template space (QC)"),
+               out_warped_json)
     write_json(
         sidecar([], [mag, mask], Description="ANTs affine transform (subject -> template)",
                 FromSpace="T2starw", ToSpace=anat.MNI_SPACE, Software="antspyx",
@@ -135,10 +141,10 @@ def preprocess_phase(
     swi = phase.swi(mag_img.get_fdata(dtype=np.float32), hp, params.paramagnetic_sign, params.swi_power)
     save_image(hp, mag_img.affine, out_hpphase)
     save_image(swi, mag_img.affine, out_swi)
-    write_json(sidecar([phase_path], [mask], Units="rad", InputUnits=units,
+    write_json(sidecar([phase_path], [mask], Units="rad", InputUnits=units, SkullStripped=True,
                        HighPassSigma_mm=params.highpass_sigma_mm,
                        Description="unwrapped, high-pass filtered phase"), out_hpphase_json)
-    write_json(sidecar([], [mag, out_hpphase], PhaseMaskPower=params.swi_power,
+    write_json(sidecar([], [mag, out_hpphase], PhaseMaskPower=params.swi_power, SkullStripped=False,
                        ParamagneticPhase=params.paramagnetic_phase,
                        Description="susceptibility-weighted image (magnitude x phase mask^power)"), out_swi_json)
 
@@ -170,21 +176,23 @@ def detect_candidates(
     )
 
 
+#: Sidecar fields of the classified table that say how the calls were made (kept by locate).
+CLASSIFIER_FIELDS = ("Classifier", "ProbabilityThreshold", "Device")
+
+
 def classify_candidates(
     stage1: str | Path,
     image: str | Path,
     mask: str | Path,
     hpphase: str | Path | None,
-    out_candidates: str | Path,
-    out_candidates_json: str | Path,
-    out_calls: str | Path,
-    out_calls_json: str | Path,
+    out_tsv: str | Path,
+    out_json: str | Path,
     params: ClassifierConfig,
     paramagnetic_sign: int,
     device: str,
     label: str,
 ) -> None:
-    """Stage 2: the CNN's microbleed probability for every candidate, and the calls above threshold.
+    """Stage 2: the CNN's microbleed probability for every candidate, and ``is_cmb`` above threshold.
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
@@ -198,19 +206,45 @@ def classify_candidates(
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"] = classifier.predict(patches, features, torch_device)
     table["is_cmb"] = table["probability"] >= classifier.threshold
-    calls = table[table["is_cmb"]].drop(columns="is_cmb").reset_index(drop=True)
     log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",
-             label, len(calls), len(table), classifier.variant, classifier.threshold, torch_device)
-    about = {"Classifier": f"CandidateNet ({classifier.variant} model)", "ProbabilityThreshold": classifier.threshold,
-             "Device": torch_device.type}
+             label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)
+    about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
+                                         torch_device.type)))
     write_detections(
-        table, out_candidates, out_candidates_json,
+        table, out_tsv, out_json,
         description="Microbleed candidates with features and the classifier's probability",
         **sidecar([], [stage1, image, mask] + ([hpphase] if hpphase else [])), **about,
     )
+
+
+def locate_detections(
+    classified: str | Path,
+    classified_json: str | Path,
+    xfm: str | Path,
+    atlas: str | Path,
+    out_candidates: str | Path,
+    out_candidates_json: str | Path,
+    out_calls: str | Path,
+    out_calls_json: str | Path,
+) -> None:
+    """MNI position, MARS region and mimic flags of every candidate; the calls are the ``is_cmb`` rows."""
+    table = read_detections(classified)
+    mni = anat.points_to_mni(table[["x", "y", "z"]].to_numpy(float), anat.Transforms(Path(xfm)))
+    location = pd.DataFrame(mni, columns=["mni_x", "mni_y", "mni_z"], index=table.index)
+    location = location.join(read_mars_atlas(atlas).lookup(mni).set_axis(table.index))
+    table = pd.concat([table, location], axis=1)
+    calls = table[table["is_cmb"]].drop(columns="is_cmb").reset_index(drop=True)
+    table = pd.concat([table, mimic_flags(table)], axis=1)
+    meta = json.loads(Path(classified_json).read_text())
+    about = {key: meta[key] for key in CLASSIFIER_FIELDS}
+    write_detections(  # the classified table is temporary: name its sources instead
+        table, out_candidates, out_candidates_json,
+        description="Microbleed candidates with features, the classifier's probability, location and mimic flags",
+        Sources=meta["Sources"] + [bids_uri(xfm)], **about,
+    )
     write_detections(
         calls, out_calls, out_calls_json,
-        description="Cerebral microbleed detections (final calls)",
+        description="Cerebral microbleed detections (final calls) with their location",
         **sidecar([], [out_candidates]), **about,
     )
 
@@ -227,16 +261,18 @@ def summarise_subject(
     out_json: str | Path,
     label: str,
 ) -> None:
-    """One subject's row of the cohort summary (counts, acquisition, QC metrics)."""
+    """One subject's row of the cohort summary (counts by region, acquisition, QC metrics)."""
     meta = read_sidecar(source)
     img = nib.load(mag)
     vox = voxel_sizes(img.affine)
     subject, _, session = label.partition("_")
     te = meta.get("EchoTime")
+    calls = read_detections(detections)
     row = {
         "participant_id": subject,
         "session_id": session or None,
-        "n_cmb": len(read_detections(detections)),
+        "n_cmb": len(calls),
+        **region_counts(calls),
         "n_candidates": len(read_detections(candidates)),
         "phase_used": bool(has_phase),
         "echo": echo,

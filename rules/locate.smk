@@ -1,0 +1,46 @@
+# Where each candidate lies: MNI position through the subject's registration, and its
+# Microbleed Anatomical Rating Scale region from one label volume built once per run.
+from cmbflow.mars import ATLAS_NAME
+
+
+rule mars_atlas:
+    output:
+        image=f"{OUT}/atlas/{ATLAS_NAME}",
+        tsv=f"{OUT}/atlas/{ATLAS_NAME.removesuffix('.nii.gz')}.tsv",
+    log:
+        f"{OUT}/logs/mars_atlas.log",
+    benchmark:
+        f"{OUT}/benchmarks/mars_atlas.tsv",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/mars_atlas.py"
+
+
+rule locate:
+    input:
+        tsv=rules.classify.output.tsv,
+        json=rules.classify.output.json,
+        xfm=rules.register_to_mni.output.xfm,
+        atlas=rules.mars_atlas.output.image,
+    output:
+        candidates=out(desc="candidates", suffix="detections.tsv"),
+        candidates_json=out(desc="candidates", suffix="detections.json"),
+        calls=out(desc="cmb", suffix="detections.tsv"),
+        calls_json=out(desc="cmb", suffix="detections.json"),
+    log:
+        log_path("locate"),
+    benchmark:
+        benchmark_path("locate"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/locate.py"
