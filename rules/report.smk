@@ -9,8 +9,8 @@ rule subject_report:
         mask=rules.brain_mask.output.mask,
         mask_json=rules.brain_mask.output.json,
         warped=rules.register_to_mni.output.warped,
-        candidates=rules.classify.output.candidates,
-        candidates_json=rules.classify.output.candidates_json,
+        candidates=rules.locate.output.candidates,
+        candidates_json=rules.locate.output.candidates_json,
         metrics=rules.subject_summary.output[0],
     output:
         html=subject_file("_report.html"),
