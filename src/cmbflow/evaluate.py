@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from cmbflow.errors import InputError
-from cmbflow.image import voxel_sizes
+from cmbflow.image import atomic_path, voxel_sizes
 
 #: Operating points of the FROC summary (false positives per scan).
 FROC_FP_RATES = (0.5, 1.0, 2.0, 4.0)
@@ -325,4 +325,5 @@ def plot_froc(
     ax.grid(axis="y", color="0.9")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
