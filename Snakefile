@@ -22,6 +22,7 @@ include: "rules/candidates.smk"
 include: "rules/classify.smk"
 include: "rules/train.smk"
 include: "rules/group.smk"
+include: "rules/partial.smk"
 
 
 rule all:

@@ -12,6 +12,7 @@ rule bias_correct:
     params:
         label=label,
         echo=CFG.echo,
+        problem=lambda wc: subject_of(wc).problem or "",
     log:
         log_path("bias_correct"),
     benchmark:

@@ -37,8 +37,11 @@ def test_bad_config_names_key_value_and_expectation(tmp_path, extra, fragment):
 def test_missing_dirs_and_output_inside_input(tmp_path):
     with pytest.raises(InputError, match="missing bids_dir"):
         load_config({"output_dir": "x"})
-    with pytest.raises(InputError, match="must not be inside bids_dir"):
-        load_config({"bids_dir": str(tmp_path), "output_dir": str(tmp_path / "derivatives" / "cmbflow")})
+    for output_dir in (tmp_path / "derivatives" / "cmbflow", tmp_path):
+        with pytest.raises(InputError, match="must not be inside bids_dir"):
+            load_config({"bids_dir": str(tmp_path), "output_dir": str(output_dir)})
+    with pytest.raises(InputError, match="bids_dir must not be inside output_dir"):
+        load_config({"bids_dir": str(tmp_path / "out" / "bids"), "output_dir": str(tmp_path / "out")})
 
 
 def test_labels_normalised(tmp_path):

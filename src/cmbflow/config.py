@@ -159,6 +159,8 @@ class Config(_Strict):
         out = self.output_dir.resolve()
         if out == bids or bids in out.parents:
             raise ValueError("output_dir must not be inside bids_dir (inputs are never modified)")
+        if out in bids.parents:
+            raise ValueError("bids_dir must not be inside output_dir (cleaning the outputs would delete the inputs)")
         return self
 
 
