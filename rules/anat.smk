@@ -19,7 +19,7 @@ rule bias_correct:
         benchmark_path("bias_correct"),
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=3000,
         runtime=10,
     conda:
         "../envs/cmbflow.yaml"

@@ -15,15 +15,16 @@ from cmbflow.errors import InputError
 
 #: Peak resident memory (MB) of a rule's job = fixed part (Python, numpy, torch, antspyx loaded) +
 #: MB per million voxels of the image it reads (for bias_correct: the input file, every echo of a
-#: 4D file included). Fitted to peak RSS measured at 3.5 and 11.9 million voxels, rounded up
-#: (benchmarks/RESULTS.md, "Memory against image size").
+#: 4D file included). Fitted to peak RSS measured at 3.5 and 11.9 million voxels and rounded up
+#: (benchmarks/RESULTS.md, "Memory against image size"); subject_summary and the cohort rule read
+#: no voxels.
 PEAK_MB: dict[str, tuple[float, float]] = {
     "bias_correct": (600, 75),
     "brain_mask": (760, 40),
     "register_to_mni": (520, 32),
-    "phase_preproc": (500, 125),
-    "candidates": (500, 70),
-    "classify": (800, 80),
+    "phase_preproc": (560, 110),
+    "candidates": (680, 20),
+    "classify": (1030, 12),
 }
 
 
