@@ -131,3 +131,16 @@ def test_every_rule_fits_its_memory_on_a_typical_scan():
                 declared[rule] = int(mem.group(1))
     for rule in PEAK_MB:
         assert estimate_peak_mb(rule, 200 * 244 * 72) <= declared[rule], rule
+
+
+def test_show_prints_the_partial_table_when_subjects_failed(tmp_path, capsys):
+    from cmbflow.cli import run_show
+
+    group = tmp_path / "group"
+    group.mkdir()
+    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "n_cmb": [2, None],
+                  "status": ["ok", "failed in bias_correct: sub-02: x: file is empty; re-copy it"]}).to_csv(
+        group / "cohort_summary_partial.csv", index=False)
+    run_show([str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert "cohort_summary_partial.csv" in printed and "failed in bias_correct: sub-02" in printed

@@ -200,3 +200,22 @@ def test_broken_subjects_fail_alone_with_one_line_each(cohort, tmp_path):
     assert (out / "sub-001" / "anat" / "sub-001_desc-cmb_detections.tsv").exists()
     assert not (out / "group" / "cohort_summary.csv").exists()
     assert "cmbflow: 9 of 10 subjects have no results" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ([], "{bids}: no magnitude images found; check bids_dir, participant_label and the pybids_inputs filters"),
+        (["bids_dir=/no/such/dataset"], "config: key 'bids_dir' = '/no/such/dataset': Value error, no such folder"),
+        (["devcie=cpu"], "config: unknown key 'devcie' (check its spelling against config/config.yaml)"),
+        (["phase={highpass_sigma_mm: wide}"], "config: key 'phase.highpass_sigma_mm' = 'wide': Input should be a valid number"),
+    ],
+)
+def test_problems_of_the_whole_run_stop_it_before_any_job(tmp_path, config, message):
+    """A dataset without matching files, or a config that is wrong: one line, nothing run."""
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "empty", "BIDSVersion": "1.10.0"}))
+    result = snakemake(bids, tmp_path / "out", *config, "--dry-run")
+    assert result.returncode != 0
+    assert message.format(bids=bids) in result.stdout + result.stderr

@@ -128,6 +128,13 @@ class Config(_Strict):
                 raise ValueError(f"participant label {label!r} must be alphanumeric (BIDS)")
         return labels
 
+    @field_validator("bids_dir")
+    @classmethod
+    def _bids_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError("no such folder (the BIDS dataset to read)")
+        return value
+
     @field_validator("echo")
     @classmethod
     def _echo(cls, value: str | int) -> str | int:
