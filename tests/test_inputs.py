@@ -53,6 +53,16 @@ def megre_rows(tmp_path, subject, echo_times, phase_times=None):
     return rows
 
 
+def test_echo_stack_sidecars_with_phase_pass(tmp_path):
+    rows = {}
+    for part in ("mag", "phase"):
+        path = tmp_path / f"sub-01_part-{part}_T2starw.nii.gz"
+        path.with_suffix("").with_suffix(".json").write_text(json.dumps({"EchoTime": [0.01, 0.02]}))
+        rows[part] = [{"subject": "01", "path": str(path)}]
+    (one,) = collect_subject_inputs(rows, "last")
+    assert one.problem is None and one.phase is not None
+
+
 @pytest.mark.parametrize(
     "echo_times, phase_times, message",
     [

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from cmbflow.errors import InputError
 from cmbflow.image import read_sidecar
 from cmbflow.phase import select_echo
@@ -117,9 +119,9 @@ def _subject_inputs(
     else:
         mag = chosen[0]
     phase = phases.get(_key(mag))
-    if phase:
-        mag_te, phase_te = _echo_time(mag["path"], label), _echo_time(phase["path"], label)
-        if None not in (mag_te, phase_te) and abs(mag_te - phase_te) > 1e-6:
+    if phase:  # EchoTime: one number, or a list for a 4D echo stack
+        mag_te, phase_te = (read_sidecar(r["path"], subject=label).get("EchoTime") for r in (mag, phase))
+        if None not in (mag_te, phase_te) and not _same_times(mag_te, phase_te):
             raise InputError(f"EchoTime {phase_te} s differs from the magnitude's {mag_te} s", subject=label,
                              path=phase["path"], fix="pair magnitude and phase of the same echo (check both sidecars)")
     t1w = sorted(t1ws.get((subject, session), []), key=lambda r: r["path"])
@@ -135,6 +137,14 @@ def _subject_inputs(
 
 def _key(row: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(row.get(k) or "" for k in ("subject", "session", *_ACQ_KEYS, "echo"))
+
+
+def _same_times(a: object, b: object) -> bool:
+    try:
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=0, atol=1e-6))
 
 
 def _echo_time(path: str, label: str) -> float | None:
