@@ -27,6 +27,7 @@ include: "rules/locate.smk"
 include: "rules/train.smk"
 include: "rules/group.smk"
 include: "rules/report.smk"
+include: "rules/partial.smk"
 
 
 rule all:

@@ -1,6 +1,9 @@
 """Per-stage wall time and peak memory for one 200x244x72 subject at 0.9x0.9x1.8 mm (CPU).
 
-    python benchmarks/bench_subject.py [--threads 2] [--device cpu]
+    python benchmarks/bench_subject.py [--threads 2] [--device cpu] [--shape 300 366 108 --stages-only]
+
+``--shape`` zero-pads (or crops) the simulated subject to another grid: the memory of each stage
+against the voxel count (cmbflow.memory's figures come from two such runs).
 
 Each stage runs in a fresh process (as a Snakemake job would), so peak RSS is the stage's own;
 wall time is measured around the library call (without interpreter start-up), and the whole
@@ -71,7 +74,7 @@ print(min(times))
 """
 
 
-def simulate(out: Path) -> None:
+def simulate(out: Path, shape: tuple[int, int, int]) -> None:
     """One standard-preset subject on exactly the benchmark grid (RAS, 0.9x0.9x1.8 mm)."""
     from cmbflow.simulate import sample_subject_params, simulate_subject
     from cmbflow.simulate.bids import write_subject
@@ -79,20 +82,20 @@ def simulate(out: Path) -> None:
     rng = np.random.default_rng([2026, 1])
     params = dataclasses.replace(sample_subject_params(rng, "standard"), voxel_size_mm=VOXEL, orientation="RAS")
     subject = simulate_subject(params, rng)
-    subject = _fit_grid(subject)
+    subject = _fit_grid(subject, shape)
     write_subject(out, "sub-001", subject)
     (out / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
 
 
-def _fit_grid(subject):
-    """Crop or pad (centred) the simulated arrays to SHAPE, shifting the affine to match."""
-    start = [(s - t) // 2 for s, t in zip(subject.magnitude.shape, SHAPE)]
+def _fit_grid(subject, shape: tuple[int, int, int]):
+    """Crop or pad (centred) the simulated arrays to ``shape``, shifting the affine to match."""
+    start = [(s - t) // 2 for s, t in zip(subject.magnitude.shape, shape)]
 
     def fit(a):
         if a is None:
             return None
-        out = np.zeros(SHAPE, dtype=a.dtype)
-        src = tuple(slice(max(o, 0), max(o, 0) + min(t, s - max(o, 0))) for o, s, t in zip(start, a.shape, SHAPE))
+        out = np.zeros(shape, dtype=a.dtype)
+        src = tuple(slice(max(o, 0), max(o, 0) + min(t, s - max(o, 0))) for o, s, t in zip(start, a.shape, shape))
         dst = tuple(slice(max(-o, 0), max(-o, 0) + (sl.stop - sl.start)) for o, sl in zip(start, src))
         out[dst] = a[src]
         return out
@@ -117,12 +120,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", type=int, nargs=3, default=SHAPE, help="grid of the simulated subject")
+    parser.add_argument("--stages-only", action="store_true", help="skip the FRST and end-to-end timings")
     args = parser.parse_args()
+    shape = tuple(args.shape)
     with tempfile.TemporaryDirectory(prefix="cmbflow_bench_") as tmp:
         d = Path(tmp)
         start = time.perf_counter()
-        simulate(d / "bids")
-        print(f"simulated 1 subject {SHAPE} at {VOXEL} mm in {time.perf_counter() - start:.1f} s\n")
+        simulate(d / "bids", shape)
+        print(f"simulated 1 subject {shape} ({np.prod(shape) / 1e6:.2f} M voxels) at {VOXEL} mm in {time.perf_counter() - start:.1f} s\n")
         print("| stage | wall (s) | peak RSS (MB) |\n|---|---|---|")
         total = 0.0
         for name, statement in STAGES:
@@ -130,6 +136,8 @@ def main() -> None:
             total += wall
             print(f"| {name} | {wall:.2f} | {rss:.0f} |")
         print(f"| **sum of stages** | **{total:.1f}** | |")
+        if args.stages_only:
+            return
         frst = subprocess.run([sys.executable, "-c", FRST_RUNNER.format(d=d, threads=args.threads, device=args.device)],
                               capture_output=True, text=True, check=True)
         print(f"\nFRST alone ({args.device}, {args.threads} threads, best of 3): {float(frst.stdout.split()[-1]):.2f} s")

@@ -12,13 +12,14 @@ rule bias_correct:
     params:
         label=label,
         echo=CFG.echo,
+        problem=lambda wc: subject_of(wc).problem or "",
     log:
         log_path("bias_correct"),
     benchmark:
         benchmark_path("bias_correct"),
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=3000,
         runtime=10,
     conda:
         "../envs/cmbflow.yaml"

@@ -21,7 +21,7 @@ rule phase_preproc:
         benchmark_path("phase_preproc"),
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
         runtime=10,
     conda:
         "../envs/cmbflow.yaml"

@@ -6,6 +6,7 @@ from cmbflow.errors import InputError
 
 
 def base(tmp_path, **extra):
+    (tmp_path / "bids").mkdir(exist_ok=True)
     return {"bids_dir": str(tmp_path / "bids"), "output_dir": str(tmp_path / "out"), **extra}
 
 
@@ -25,6 +26,7 @@ def test_shipped_config_is_valid(tmp_path):
         ({"phase": {"highpass_sigma_mm": "wide"}}, "key 'phase.highpass_sigma_mm' = 'wide'"),
         ({"echo": "middle"}, "key 'echo' = 'middle'"),
         ({"participant_label": ["../etc"]}, "alphanumeric"),
+        ({"bids_dir": "/no/such/dataset"}, "key 'bids_dir' = '/no/such/dataset': Value error, no such folder"),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(tmp_path, extra, fragment):
@@ -37,8 +39,12 @@ def test_bad_config_names_key_value_and_expectation(tmp_path, extra, fragment):
 def test_missing_dirs_and_output_inside_input(tmp_path):
     with pytest.raises(InputError, match="missing bids_dir"):
         load_config({"output_dir": "x"})
-    with pytest.raises(InputError, match="must not be inside bids_dir"):
-        load_config({"bids_dir": str(tmp_path), "output_dir": str(tmp_path / "derivatives" / "cmbflow")})
+    for output_dir in (tmp_path / "derivatives" / "cmbflow", tmp_path):
+        with pytest.raises(InputError, match="must not be inside bids_dir"):
+            load_config({"bids_dir": str(tmp_path), "output_dir": str(output_dir)})
+    (tmp_path / "out" / "bids").mkdir(parents=True)
+    with pytest.raises(InputError, match="bids_dir must not be inside output_dir"):
+        load_config({"bids_dir": str(tmp_path / "out" / "bids"), "output_dir": str(tmp_path / "out")})
 
 
 def test_labels_normalised(tmp_path):

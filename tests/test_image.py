@@ -87,6 +87,7 @@ def test_4d_rejected_unless_allowed(tmp_path):
     "data, affine, message",
     [
         (np.full((5, 5, 5), np.nan), None, "NaN or infinite"),
+        (np.where(np.arange(125.0).reshape(5, 5, 5) == 7, np.inf, 1.0), None, "1 voxels are NaN or infinite"),
         (np.zeros((5, 5, 5)), None, "constant"),
         (np.arange(125.0).reshape(5, 5, 5), np.diag([0.01, 1, 1, 1]), "implausible voxel size"),
         (np.arange(125.0).reshape(5, 5, 5), np.array([[1.0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]), "degenerate affine"),
@@ -94,8 +95,9 @@ def test_4d_rejected_unless_allowed(tmp_path):
 )
 def test_unusable_voxels_or_affine(tmp_path, data, affine, message):
     path = write(tmp_path, data.astype(np.float32), affine)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match=message) as err:
         load_image(path, subject="sub-01")
+    assert str(err.value).startswith(f"sub-01: {path}: ") and "; " in str(err.value)
 
 
 def test_grid_mismatch(tmp_path):

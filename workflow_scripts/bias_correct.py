@@ -9,4 +9,5 @@ run_step(
     out_image=snakemake.output.mag,
     out_json=snakemake.output.json,
     label=snakemake.params.label,
+    problem=snakemake.params.problem,
 )

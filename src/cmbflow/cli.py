@@ -121,15 +121,18 @@ def run_evaluate(argv: list[str]) -> int:
 
 
 def run_show(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cmbflow show", description="Print a cohort's summary table.")
+    parser = argparse.ArgumentParser(prog="cmbflow show", description="Print a cohort's summary table "
+                                     "(the partial one, with every subject's status, when subjects failed).")
     parser.add_argument("output_dir", type=Path)
     args = parser.parse_args(argv)
-    path = args.output_dir / "group" / "cohort_summary.csv"
+    group = args.output_dir / "group"
+    kind = "" if (group / "cohort_summary.csv").exists() or not (group / "cohort_summary_partial.csv").exists() else "_partial"
+    path = group / f"cohort_summary{kind}.csv"
     summary = pd.read_csv(path)
     columns = [c for c in ("participant_id", "session_id", "n_cmb", "n_candidates", "phase_used",
-                           "brain_volume_ml", "registration_similarity") if c in summary.columns]
+                           "brain_volume_ml", "registration_similarity", "status") if c in summary.columns]
     print(f"cohort summary: {path.resolve()}")
-    print(f"detections:     {(args.output_dir / 'group' / 'cohort_detections.csv').resolve()}")
+    print(f"detections:     {(group / f'cohort_detections{kind}.csv').resolve()}")
     print(summary[columns].to_string(index=False))
     return 0
 

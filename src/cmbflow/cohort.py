@@ -1,8 +1,15 @@
-"""Cohort tables: one row per subject/session, and every final call with its subject."""
+"""Cohort tables: one row per subject/session, and every final call with its subject.
+
+``write_cohort_tables`` is the cohort rule: every subject finished. After a run with failed
+subjects, ``write_partial_cohort_tables`` writes the same tables from the subjects that finished,
+with a row for every subject and, in ``status``, why the others have no results.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -21,21 +28,33 @@ SUMMARY_COLUMNS = ID_COLUMNS + [
     "registration_similarity", "source", "cmbflow_version",
 ]
 
+#: The last column: ``ok``, or ``failed in <rule>: <the job's one-line error>``, or ``not finished: ...``.
+STATUS_COLUMN = "status"
+
+#: What cmbflow.step logs when a job fails (the first such line of a log is the reason).
+_ERROR_LINE = re.compile(r"^\S+ \S+ ERROR \S+: (.+)$", re.MULTILINE)
+
 
 def write_cohort_tables(
     summaries: list[str | Path],
     detections: list[str | Path],
     out_summary: str | Path,
     out_detections: str | Path,
+    failed: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``cohort_summary.csv`` and ``cohort_detections.csv`` from per-subject outputs.
 
-    ``summaries`` and ``detections`` are parallel lists (one entry per subject/session).
+    ``summaries`` and ``detections`` are parallel lists (one entry per finished subject/session);
+    ``failed`` maps the labels (``sub-X`` or ``sub-X_ses-Y``) of subjects without results to
+    their status, which their otherwise empty summary row carries.
     """
-    rows = [json.loads(Path(p).read_text()) for p in summaries]
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    rows = [json.loads(Path(p).read_text()) | {STATUS_COLUMN: "ok"} for p in summaries]
+    for label, status in (failed or {}).items():
+        subject, _, session = label.partition("_")
+        rows.append({"participant_id": subject, "session_id": session or None, STATUS_COLUMN: status})
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS + [STATUS_COLUMN])
     tables = []
-    for row, tsv in zip(rows, detections, strict=True):
+    for row, tsv in zip(rows[: len(summaries)], detections, strict=True):
         calls = read_detections(tsv)
         calls.insert(0, "session_id", row["session_id"])
         calls.insert(0, "participant_id", row["participant_id"])
@@ -47,3 +66,46 @@ def write_cohort_tables(
     for table, path in ((summary, out_summary), (calls, out_detections)):
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
+
+
+def subject_status(label: str, summary: str | Path, logs_dir: str | Path) -> str:
+    """``ok`` when the subject's summary exists and no job logged an error after it was written.
+
+    Otherwise the first error of its logs (``failed in <rule>: <message>``), or, when no job
+    logged one (not run yet, or killed, e.g. for memory), which job it got to.
+    """
+    summary = Path(summary)
+    written = summary.stat().st_mtime if summary.exists() else float("-inf")
+    logs = sorted(Path(logs_dir).glob(f"*/{label}.log"), key=lambda p: p.stat().st_mtime)
+    for log in logs:
+        error = _ERROR_LINE.search(log.read_text(errors="replace"))
+        if error and log.stat().st_mtime >= written:
+            return f"failed in {log.parent.name}: {error.group(1)}"
+    if summary.exists():
+        return "ok"
+    if not logs:
+        return "not finished: no job of this subject has run"
+    return (f"not finished: {logs[-1].parent.name} logged no error (still to run, or killed, e.g. out of "
+            f"memory); see {logs[-1]}")
+
+
+def write_partial_cohort_tables(
+    subjects: Mapping[str, tuple[str | Path, str | Path]],
+    logs_dir: str | Path,
+    out_summary: str | Path,
+    out_detections: str | Path,
+) -> int:
+    """The cohort tables of a run where some subjects failed; returns how many have no results.
+
+    ``subjects`` maps every subject's label to its (qc metrics JSON, final calls TSV).
+    """
+    status = {label: subject_status(label, summary, logs_dir) for label, (summary, _) in subjects.items()}
+    done = [label for label, state in status.items() if state == "ok"]
+    write_cohort_tables(
+        [subjects[label][0] for label in done],
+        [subjects[label][1] for label in done],
+        out_summary,
+        out_detections,
+        failed={label: state for label, state in status.items() if state != "ok"},
+    )
+    return len(status) - len(done)

@@ -128,6 +128,13 @@ class Config(_Strict):
                 raise ValueError(f"participant label {label!r} must be alphanumeric (BIDS)")
         return labels
 
+    @field_validator("bids_dir")
+    @classmethod
+    def _bids_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError("no such folder (the BIDS dataset to read)")
+        return value
+
     @field_validator("echo")
     @classmethod
     def _echo(cls, value: str | int) -> str | int:
@@ -159,6 +166,8 @@ class Config(_Strict):
         out = self.output_dir.resolve()
         if out == bids or bids in out.parents:
             raise ValueError("output_dir must not be inside bids_dir (inputs are never modified)")
+        if out in bids.parents:
+            raise ValueError("bids_dir must not be inside output_dir (cleaning the outputs would delete the inputs)")
         return self
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from cmbflow.errors import InputError
-from cmbflow.image import voxel_sizes
+from cmbflow.image import atomic_path, voxel_sizes
 from cmbflow.mars import ATLAS_NAME, MarsAtlas, read_mars_atlas
 
 #: Operating points of the FROC summary (false positives per scan).
@@ -355,4 +355,5 @@ def plot_froc(
     ax.grid(axis="y", color="0.9")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

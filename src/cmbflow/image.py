@@ -158,7 +158,7 @@ def check_same_grid(
         )
 
 
-def read_sidecar(image_path: str | Path) -> dict:
+def read_sidecar(image_path: str | Path, *, subject: str | None = None) -> dict:
     """The BIDS JSON sidecar next to an image, or ``{}`` when there is none."""
     image_path = Path(image_path)
     name = image_path.name
@@ -170,13 +170,18 @@ def read_sidecar(image_path: str | Path) -> dict:
     if not sidecar.exists():
         return {}
     try:
-        return json.loads(sidecar.read_text())
+        meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as err:
         raise InputError(
             f"sidecar is not valid JSON ({err.msg} at line {err.lineno})",
+            subject=subject,
             path=sidecar,
             fix="repair or remove the JSON sidecar",
         ) from err
+    if not isinstance(meta, dict):
+        raise InputError("sidecar is not a JSON object", subject=subject, path=sidecar,
+                         fix="repair or remove the JSON sidecar")
+    return meta
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cmbflow.errors import InputError
+from cmbflow.image import atomic_path
 from cmbflow.patches import PATCH_MM, PATCH_SIZE
 
 #: The model variants, by input channels.
@@ -115,7 +116,8 @@ class CandidateNet(nn.Module):
 def save_model(model: CandidateNet, path: str | Path) -> None:
     """Write the weights and the architecture (metadata) as one safetensors file."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
-    save_file(tensors, str(path), metadata=model.spec.to_metadata())
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=model.spec.to_metadata())
 
 
 def load_model(path: str | Path) -> CandidateNet:

@@ -49,7 +49,7 @@ def load_gre(path: str | Path, echo: str | int, label: str) -> nib.Nifti1Image:
     img = load_image(path, subject=label, allow_4d=True)
     if img.ndim == 3:
         return img
-    times = read_sidecar(path).get("EchoTime")
+    times = read_sidecar(path, subject=label).get("EchoTime")
     if not isinstance(times, list) or len(times) != img.shape[3]:
         raise InputError(
             f"4D image of shape {img.shape} where a 3D volume is expected",
@@ -61,8 +61,15 @@ def load_gre(path: str | Path, echo: str | int, label: str) -> nib.Nifti1Image:
     return img.slicer[..., index]
 
 
-def bias_correct(mag: str | Path, echo: str | int, out_image: str | Path, out_json: str | Path, label: str) -> None:
-    """N4 bias correction of the magnitude (also the first full check of the input file)."""
+def bias_correct(
+    mag: str | Path, echo: str | int, out_image: str | Path, out_json: str | Path, label: str, problem: str | None = None
+) -> None:
+    """N4 bias correction of the magnitude (also the first full check of the input file).
+
+    ``problem``: the subject's error found when the workflow started (see cmbflow.inputs), raised here.
+    """
+    if problem:
+        raise InputError(problem)
     img = load_gre(mag, echo, label)
     corrected = anat.n4_bias_correct(img)
     save_image(corrected.get_fdata(dtype=np.float32), img.affine, out_image)
@@ -135,7 +142,7 @@ def preprocess_phase(
     brain = _mask(mask, label)
     vox = voxel_sizes(mag_img.affine)
     raw = phase_img.get_fdata(dtype=np.float32)
-    units = phase.detect_phase_units(raw, read_sidecar(phase_path), subject=label, path=phase_path)
+    units = phase.detect_phase_units(raw, read_sidecar(phase_path, subject=label), subject=label, path=phase_path)
     unwrapped = phase.unwrap(phase.phase_to_radians(raw, units), brain)
     hp = phase.highpass(unwrapped, brain, vox, params.highpass_sigma_mm)
     swi = phase.swi(mag_img.get_fdata(dtype=np.float32), hp, params.paramagnetic_sign, params.swi_power)
@@ -262,7 +269,7 @@ def summarise_subject(
     label: str,
 ) -> None:
     """One subject's row of the cohort summary (counts by region, acquisition, QC metrics)."""
-    meta = read_sidecar(source)
+    meta = read_sidecar(source, subject=label)
     img = nib.load(mag)
     vox = voxel_sizes(img.affine)
     subject, _, session = label.partition("_")

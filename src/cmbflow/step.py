@@ -1,4 +1,4 @@
-"""Running one library function as a Snakemake job: logging, and bad input as one clear line."""
+"""Running one library function as a Snakemake job: logging, a memory check, and bad input as one clear line."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from collections.abc import Callable
 from typing import Any
 
 from cmbflow.errors import InputError
+from cmbflow.memory import check_memory
 
 
 def run_step(snakemake: Any, func: Callable[..., object], **kwargs: Any) -> None:
     """Call ``func(**kwargs)`` with logging into the rule's log file.
 
-    An :class:`InputError` ends the job with its one-line message in the log and on stderr (so
-    ``--keep-going`` moves on to other subjects and the message is easy to find); other errors
-    keep their traceback because they are bugs, not bad data.
+    First, a job whose image would need more memory than the rule's ``mem_mb`` stops before
+    loading it (:func:`cmbflow.memory.check_memory`). An :class:`InputError` ends the job with its
+    one-line message in the log and on stderr (so ``--keep-going`` moves on to other subjects and
+    the message is easy to find); other errors are bugs, not bad data: their traceback goes to the
+    log and stderr. The first ERROR line of a log is the subject's status in the partial cohort
+    table (cmbflow.cohort).
     """
     if "torch" in sys.modules:  # stay within the job's CPU allocation
         sys.modules["torch"].set_num_threads(snakemake.threads)
@@ -26,9 +30,16 @@ def run_step(snakemake: Any, func: Callable[..., object], **kwargs: Any) -> None
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
+    image = snakemake.input.get("mag") or snakemake.input.get("image")
     try:
+        if image:
+            check_memory(snakemake.rule, image, snakemake.resources.mem_mb, label=kwargs.get("label"))
         func(**kwargs)
     except InputError as err:
         logging.error("%s", err)
         print(f"cmbflow error: {err}", file=sys.stderr)
         sys.exit(1)
+    except Exception as err:
+        logging.exception("internal error (a bug; please report it with this log): %s: %s",
+                          type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+        raise

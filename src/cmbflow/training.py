@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
 from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
-from cmbflow.image import voxel_sizes, write_json
+from cmbflow.image import atomic_path, voxel_sizes, write_json
 from cmbflow.model import CandidateNet, Classifier, ModelSpec, load_model, save_model
 from cmbflow.patches import candidate_features, candidate_patches, n_features
 
@@ -116,7 +116,8 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
     if not parts["scan"]:
         raise FileNotFoundError(f"no stage-1 tables (*{STAGE1_SUFFIX}) under {derivatives_dir}")
     arrays = {key: np.concatenate(value) for key, value in parts.items()}
-    np.savez_compressed(out_npz, **arrays)
+    with atomic_path(out_npz) as tmp:
+        np.savez_compressed(tmp, **arrays)
     counts = {"candidates": len(arrays["label"]), "microbleeds": int(arrays["label"].sum()),
             "calcifications": int((arrays["kind"] == "calcification").sum()), "scans": len(parts["scan"])}
     log.info("training examples: %s", counts)
