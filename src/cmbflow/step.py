@@ -37,7 +37,10 @@ def run_step(snakemake: Any, func: Callable[..., object], **kwargs: Any) -> None
         func(**kwargs)
     except InputError as err:
         logging.error("%s", err)
-        print(f"cmbflow error: {err}", file=sys.stderr)
+        # One write, newline included: print() writes the newline separately, and Snakemake's own
+        # output on the shared stderr could land between the two.
+        sys.stderr.write(f"cmbflow error: {err}\n")
+        sys.stderr.flush()
         sys.exit(1)
     except Exception as err:
         logging.exception("internal error (a bug; please report it with this log): %s: %s",

@@ -111,7 +111,7 @@ def _show(ax: Axes, plane: npt.NDArray, bounds: npt.NDArray, cmap: str, vmin: fl
 
 
 def _cut_title(view: str, position_mm: float) -> str:
-    return f"{view} {_AXIS_NAMES[VIEWS[view][0]]} = {position_mm:.0f} mm"
+    return f"{view} {_AXIS_NAMES[VIEWS[view][0]]} = {round(position_mm)} mm"
 
 
 def _overview_spacing(bounds: npt.NDArray, pixels: int = 220) -> float:
