@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmbflow.simulate import simulate_cohort
+from cohorts import tiny_cohort
 
 pytestmark = pytest.mark.workflow
 
@@ -63,9 +63,7 @@ def tables(out: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    bids = tmp_path_factory.mktemp("bids")
-    simulate_cohort(bids, 2, seed=11, preset="tiny")
-    return bids
+    return tiny_cohort(tmp_path_factory.mktemp("bids"), 2)
 
 
 @pytest.fixture(scope="module")

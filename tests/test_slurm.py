@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 import slurm_cluster
-from cmbflow.simulate import simulate_cohort
+from cohorts import tiny_cohort
 
 pytestmark = pytest.mark.workflow
 
@@ -181,11 +181,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Three tiny subjects; sub-002 without phase (magnitude-only). sub-003 is the one added later."""
-    bids = tmp_path_factory.mktemp("bids")
-    simulate_cohort(bids, 3, seed=11, preset="tiny")
-    for f in (bids / "sub-002" / "anat").glob("*part-phase*"):
-        f.unlink()
-    return bids
+    return tiny_cohort(tmp_path_factory.mktemp("bids"), 3, without_phase="002")
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import pytest
 from matplotlib import image as mpimg
 
 from cmbflow.simulate import simulate_cohort
+from cohorts import tiny_cohort
 
 pytestmark = pytest.mark.workflow
 
@@ -34,11 +35,7 @@ def snakemake(bids: Path, out: Path, *extra: str) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     """Three tiny subjects; sub-003 without phase (magnitude-only)."""
-    bids = tmp_path_factory.mktemp("bids")
-    simulate_cohort(bids, 3, seed=11, preset="tiny")
-    for f in (bids / "sub-003" / "anat").glob("*part-phase*"):
-        f.unlink()
-    return bids
+    return tiny_cohort(tmp_path_factory.mktemp("bids"), 3, without_phase="003")
 
 
 @pytest.fixture(scope="module")
