@@ -213,7 +213,7 @@ def test_cluster_run_matches_local_run(cluster, cluster_run, reference):
         subject_jobs("001") | subject_jobs("002") | DATASET_JOBS)
     check_jobs_per_subject(jobs)
     assert sorted(job.kind for job in jobs) == sorted(
-        ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset"])
+        ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset_description", "mars_atlas"])
     assert all(len(job.subjects) <= 1 for job in jobs)
     check_same_results(out, bids, reference)
 
