@@ -138,9 +138,10 @@ def test_show_prints_the_partial_table_when_subjects_failed(tmp_path, capsys):
 
     group = tmp_path / "group"
     group.mkdir()
-    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "n_cmb": [2, None],
+    pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "n_cmb": [2, None], "n_lobar": [2, None],
                   "status": ["ok", "failed in bias_correct: sub-02: x: file is empty; re-copy it"]}).to_csv(
         group / "cohort_summary_partial.csv", index=False)
     run_show([str(tmp_path)])
     printed = capsys.readouterr().out
     assert "cohort_summary_partial.csv" in printed and "failed in bias_correct: sub-02" in printed
+    assert "n_lobar" in printed

@@ -129,8 +129,9 @@ def run_show(argv: list[str]) -> int:
     kind = "" if (group / "cohort_summary.csv").exists() or not (group / "cohort_summary_partial.csv").exists() else "_partial"
     path = group / f"cohort_summary{kind}.csv"
     summary = pd.read_csv(path)
-    columns = [c for c in ("participant_id", "session_id", "n_cmb", "n_candidates", "phase_used",
-                           "brain_volume_ml", "registration_similarity", "status") if c in summary.columns]
+    columns = [c for c in ("participant_id", "session_id", "n_cmb", "n_lobar", "n_deep", "n_infratentorial",
+                           "boston2_cmb_criterion", "n_candidates", "phase_used", "brain_volume_ml",
+                           "registration_similarity", "status") if c in summary.columns]
     print(f"cohort summary: {path.resolve()}")
     print(f"detections:     {(group / f'cohort_detections{kind}.csv').resolve()}")
     print(summary[columns].to_string(index=False))
