@@ -158,6 +158,21 @@ def check_same_results(out: Path, bids: Path, reference: tuple[Path, Path], subj
             assert (out / name).read_bytes() == (ref_out / name).read_bytes(), name
 
 
+def check_rerun_runs_only(subject: str, bids: Path, out: Path, cluster: slurm_cluster.SlurmCluster,
+                          reference: tuple[Path, Path]) -> None:
+    """A rerun plans and submits just this subject's two SLURM jobs and the cohort job, and ends equal to the local run."""
+    plan = snakemake(bids, out, "--dry-run", cluster=cluster)
+    assert plan.returncode == 0, plan.stdout[-3000:]
+    assert printed_jobs(plan.stdout) == subject_jobs(subject) | COHORT_JOBS
+    result = snakemake(bids, out, cluster=cluster)
+    assert result.returncode == 0, result.stdout[-4000:]
+    jobs = submitted(result.stdout, cluster)
+    check_went_through_sbatch(jobs, result.stdout)
+    assert sorted((job.kind, tuple(job.subjects)) for job in jobs) == [
+        ("cohort", ()), ("subject_cpu", (subject,)), ("subject_gpu", (subject,))]
+    check_same_results(out, bids, reference)
+
+
 def copy_dataset(cohort: Path, dst: Path, subjects=("001", "002")) -> Path:
     """A copy of the simulated dataset with only these subjects."""
     def other_subjects(folder: str, names: list[str]) -> list[str]:
@@ -221,18 +236,7 @@ def test_cluster_run_matches_local_run(cluster, cluster_run, reference):
 def test_added_subject_runs_only_its_jobs(cluster, cluster_run, cohort, reference):
     bids, out, _ = cluster_run
     shutil.copytree(cohort / "sub-003", bids / "sub-003")
-
-    plan = snakemake(bids, out, "--dry-run", cluster=cluster)
-    assert plan.returncode == 0, plan.stdout[-3000:]
-    assert printed_jobs(plan.stdout) == subject_jobs("003") | COHORT_JOBS
-
-    result = snakemake(bids, out, cluster=cluster)
-    assert result.returncode == 0, result.stdout[-4000:]
-    jobs = submitted(result.stdout, cluster)
-    check_went_through_sbatch(jobs, result.stdout)
-    assert sorted((job.kind, tuple(job.subjects)) for job in jobs) == [
-        ("cohort", ()), ("subject_cpu", ("003",)), ("subject_gpu", ("003",))]
-    check_same_results(out, bids, reference)
+    check_rerun_runs_only("003", bids, out, cluster, reference)
     summary, _ = cohort_tables(out, bids)
     assert list(summary.participant_id) == ["sub-001", "sub-002", "sub-003"]
 
@@ -259,15 +263,7 @@ def test_broken_subject_keeps_others_going_then_reruns_only_itself(cluster, coho
     assert not (out / "group" / "cohort_summary.csv").exists()
 
     broken.write_bytes(original)
-    plan = snakemake(bids, out, "--dry-run", cluster=cluster)
-    assert printed_jobs(plan.stdout) == subject_jobs("002") | COHORT_JOBS
-    result = snakemake(bids, out, cluster=cluster)
-    assert result.returncode == 0, result.stdout[-4000:]
-    jobs = submitted(result.stdout, cluster)
-    check_went_through_sbatch(jobs, result.stdout)
-    assert sorted((job.kind, tuple(job.subjects)) for job in jobs) == [
-        ("cohort", ()), ("subject_cpu", ("002",)), ("subject_gpu", ("002",))]
-    check_same_results(out, bids, reference)
+    check_rerun_runs_only("002", bids, out, cluster, reference)
 
 
 def test_killed_snakemake_resumes_on_rerun(cluster, cohort, reference, tmp_path):
