@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmbflow.candidates import CANDIDATE_COLUMNS, CandidateParams, find_candidates, phase_dipole
+from cmbflow.candidates import CANDIDATE_COLUMNS, CandidateParams, drop_repeated_centres, find_candidates, phase_dipole
 from cmbflow.evaluate import match_detections
 from cmbflow.image import ijk_to_xyz, voxel_sizes, xyz_to_ijk
 
@@ -127,3 +127,24 @@ def test_bleed_inside_a_darker_nucleus_is_measured_against_its_own_surroundings(
     assert row["contrast"] > 0.75
     assert row["radius_mm"] == pytest.approx(2.0, abs=0.75)
     assert row["roundness"] > 0.45 and row["elongation"] < 1.6
+
+
+def test_a_bleed_stretched_along_b0_is_one_candidate() -> None:
+    # Blooming stretches a bleed along B0 (world z here): too elongated to claim the other seeds
+    # inside it, so two seeds grew the same region and made two candidates 1.7 mm apart.
+    xyz = world_grid()
+    semi_axes = np.array([1.5, 1.5, 4.5])
+    dist = np.sqrt((xyz**2 / semi_axes**2).sum(axis=-1))
+    data = 300.0 * (1.0 - 0.85 * np.clip((1.0 - dist) * 4.0, 0, 1))
+    data += 9.0 * np.random.default_rng(0).standard_normal(SHAPE)
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[3:-3, 3:-3, 2:-2] = True
+    table = find_candidates(nib.Nifti1Image(data.astype(np.float32), AFFINE), mask, None, CandidateParams())
+    assert len(table) == 1
+    assert np.linalg.norm(table[["x", "y", "z"]].to_numpy()[0]) < 1.0
+
+
+def test_repeated_centres_keep_the_first_darkest_candidate() -> None:
+    table = pd.DataFrame({"x": [0.0, 0.5, 3.0, 5.4], "y": 0.0, "z": 0.0, "contrast": [0.9, 0.8, 0.7, 0.6]})
+    kept = drop_repeated_centres(table, 2.5)
+    assert kept["contrast"].tolist() == [0.9, 0.7]  # 5.4 is within 2.5 of the kept 3.0

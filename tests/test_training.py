@@ -57,6 +57,20 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
         assert torch.equal(a, b), name
 
 
+def test_mimics_join_every_epoch_on_top_of_the_drawn_negatives():
+    x, y = tiny_set()
+    keep = (y == 0) | (np.cumsum(y) <= 4)  # 4 microbleeds, 12 others of which 3 are mimics
+    x, y = x[keep], y[keep]
+    features = np.stack([y, 1.0 - y], axis=1).astype(np.float32)
+    mimics = np.zeros(len(y), dtype=bool)
+    mimics[np.flatnonzero(y == 0)[:3]] = True
+    params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1)
+    _, history = train_classifier(x, features, y, params, mimics=mimics)
+    assert [h["examples"] for h in history] == [4 + 3 + 4] * 2
+    _, history = train_classifier(x, features, y, params.model_copy(update={"mimics_every_epoch": False}), mimics=mimics)
+    assert [h["examples"] for h in history] == [4 + 4] * 2
+
+
 def test_weights_round_trip_through_safetensors_without_pickle(tmp_path):
     model = CandidateNet(ModelSpec(in_channels=1, widths=(4, 8), n_features=3)).eval()
     path = tmp_path / "m.safetensors"

@@ -7,7 +7,8 @@ independent of scanner scaling and bias residue):
 * ``frst``: local maxima of the dark-blob radial symmetry transform (:func:`cmbflow.frst.frst3d`);
 * ``threshold``: connected components of dark voxels whose equivalent diameter fits a microbleed.
 
-Seeds are moved to the darkest voxel nearby and merged by distance (non-maximum suppression).
+Seeds are moved to the darkest voxel nearby and merged by distance (non-maximum suppression);
+after measuring, candidates whose centres are as close are merged again (:func:`drop_repeated_centres`).
 Each candidate is then measured against its own surroundings (a bleed inside a dark, iron-rich
 nucleus keeps its contrast and shape; see :func:`lesion_region`) and gets the shape, contrast
 and phase features (reported in the candidates table). Candidates fainter than
@@ -68,7 +69,7 @@ class CandidateParams(BaseModel):
     min_radius_mm: float = Field(0.6, ge=0, description="least apparent radius of a candidate (drops "
                                  "one- and two-voxel noise dips at ~1 mm resolution)")
     peak_distance_mm: float = Field(2.0, gt=0, description="radius of the local-maximum / darkest-voxel search")
-    merge_distance_mm: float = Field(2.5, ge=0, description="seeds closer than this are one candidate")
+    merge_distance_mm: float = Field(2.5, ge=0, description="seeds, and candidate centres, closer than this are one candidate")
     region_half_width_mm: float = Field(12.0, gt=0, description="half width of the box a region may grow in")
     background_shell_mm: float = Field(2.0, gt=0, description="thickness of the shell outside a lesion "
                                        "whose median is its local background")
@@ -402,7 +403,26 @@ def find_candidates(
             float(frst[tuple(region.T)].max()), contrast,
             roundness, elongation, dipole, float(edge_distance[tuple(seed)]), source,
         ))
-    return _table(rows)
+    return drop_repeated_centres(_table(rows), params.merge_distance_mm)
+
+
+def drop_repeated_centres(table: pd.DataFrame, distance_mm: float) -> pd.DataFrame:
+    """Keep only the first (darkest) of candidates whose centres lie within ``distance_mm``.
+
+    Two seeds more than the merge distance apart in one large, blooming bleed can grow the same
+    region (a bleed stretched along B0 is not round enough to claim the other seed) and so get
+    the same centre. Left in, one lesion is two candidates: on the validation cohort (seed 4000)
+    such repeats were the highest-scoring false positives, and in training they taught the
+    classifier to call a true bleed a non-bleed.
+    """
+    if table.empty:
+        return table
+    xyz = table[["x", "y", "z"]].to_numpy(dtype=float)
+    tree = cKDTree(xyz)
+    keep = np.zeros(len(table), dtype=bool)
+    for row in range(len(table)):
+        keep[row] = not keep[tree.query_ball_point(xyz[row], distance_mm)].any()
+    return table[keep].reset_index(drop=True)
 
 
 def _table(rows: list[tuple]) -> pd.DataFrame:

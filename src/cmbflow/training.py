@@ -42,6 +42,8 @@ class TrainParams(BaseModel):
     learning_rate: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     negatives_per_positive: int = Field(4, ge=1, description="negatives drawn per positive each epoch")
+    mimics_every_epoch: bool = Field(True, description="show every named mimic (calcification) in every "
+                                     "epoch, on top of the drawn negatives")
     widths: tuple[int, ...] = (8, 16, 32)
     seed: int = 0
 
@@ -158,6 +160,7 @@ def train_classifier(
     labels: npt.NDArray[np.integer],
     params: TrainParams = TrainParams(),
     device: str | torch.device = "cpu",
+    mimics: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[CandidateNet, list[dict[str, float]]]:
     """Train a :class:`CandidateNet` on patches (n, C, S, S, S) and features (n, F).
 
@@ -165,6 +168,8 @@ def train_classifier(
 
     Each epoch sees every positive and ``negatives_per_positive`` times as many negatives drawn
     afresh, so the rare class is not drowned and the many easy negatives are still all seen.
+    With ``params.mimics_every_epoch`` the negatives marked in ``mimics`` (the calcifications:
+    a few hundred among tens of thousands of candidates, and the hardest to reject) join every epoch.
     """
     # Deterministic kernels (cuBLAS needs its workspace fixed before first use); on CUDA an op
     # without a deterministic kernel warns rather than stops the training.
@@ -179,19 +184,23 @@ def train_classifier(
     x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     f_all = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+    shown = torch.zeros(len(y_all), dtype=torch.bool)
+    if params.mimics_every_epoch and mimics is not None:
+        shown = torch.from_numpy(np.asarray(mimics, dtype=bool)) & (y_all <= 0.5)
     positives = torch.nonzero(y_all > 0.5).squeeze(1)
-    negatives = torch.nonzero(y_all <= 0.5).squeeze(1)
-    if len(positives) == 0 or len(negatives) == 0:
+    always = torch.cat([positives, torch.nonzero(shown).squeeze(1)])
+    negatives = torch.nonzero((y_all <= 0.5) & ~shown).squeeze(1)
+    if len(positives) in (0, len(y_all)):
         raise ValueError("training needs both microbleed and non-microbleed candidates")
     n_neg = min(len(negatives), params.negatives_per_positive * len(positives))
-    steps = params.epochs * -(-(len(positives) + n_neg) // params.batch_size)
+    steps = params.epochs * -(-(len(always) + n_neg) // params.batch_size)
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, params.learning_rate, total_steps=steps)
     history = []
     for epoch in range(params.epochs):
         started = time.perf_counter()
         chosen = negatives[torch.randperm(len(negatives), generator=generator)[:n_neg]]
-        order = torch.cat([positives, chosen])[torch.randperm(len(positives) + n_neg, generator=generator)]
+        order = torch.cat([always, chosen])[torch.randperm(len(always) + n_neg, generator=generator)]
         model.train()
         total = 0.0
         for batch in order.split(params.batch_size):
@@ -203,7 +212,8 @@ def train_classifier(
             optimiser.step()
             schedule.step()
             total += float(loss.detach()) * len(batch)
-        history.append({"epoch": epoch + 1, "loss": total / len(order), "seconds": time.perf_counter() - started})
+        history.append({"epoch": epoch + 1, "examples": len(order), "loss": total / len(order),
+                        "seconds": time.perf_counter() - started})
         log.info("epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, params.epochs, history[-1]["loss"],
                  history[-1]["seconds"])
     return model.eval(), history
@@ -259,13 +269,14 @@ def train_models(
     """Train the phase model (scans with phase) and the magnitude model (every scan, magnitude only)."""
     data = np.load(patches_npz)
     patches, features, labels, has_phase = data["patches"], data["features"], data["label"], data["has_phase"]
+    mimics = data["kind"] == "calcification"
     history = {}
-    for variant, x, f, y, out in (
-        ("phase", patches[has_phase], features[has_phase], labels[has_phase], out_phase),
-        ("magnitude", patches[:, :1], features[:, : n_features(with_phase=False)], labels, out_magnitude),
+    for variant, x, f, y, m, out in (
+        ("phase", patches[has_phase], features[has_phase], labels[has_phase], mimics[has_phase], out_phase),
+        ("magnitude", patches[:, :1], features[:, : n_features(with_phase=False)], labels, mimics, out_magnitude),
     ):
         started = time.perf_counter()
-        model, epochs = train_classifier(x, f, y, params, device)
+        model, epochs = train_classifier(x, f, y, params, device, mimics=m)
         save_model(model, out)
         history[variant] = {"examples": len(y), "microbleeds": int(y.sum()), "epochs": epochs,
                             "seconds": round(time.perf_counter() - started, 1)}
