@@ -46,14 +46,20 @@ def build_card(models: dict, history: dict, training: dict) -> dict:
         "training": {
             "cohort": {"preset": "training", "subjects": training["train_subjects"], "seed": training["train_seed"]},
             "params": training["params"],
-            "models": {name: {k: v for k, v in h.items() if k != "epochs"} | {"final_loss": h["epochs"][-1]["loss"]}
-                       for name, h in history.items()},
+            "models": {name: _training_summary(h) for name, h in history.items()},
         },
         "validation_cohort": {"preset": "diverse", "subjects": training["validation_subjects"],
                               "seed": training["validation_seed"], "note": "never trained on; thresholds chosen on it"},
         "intended_use": "ranking and calling microbleed candidates of cmbflow's stage 1 on GRE/SWI magnitude "
                         "(and phase); trained on simulated scans only",
     }
+
+
+def _training_summary(history: dict) -> dict:
+    """A model's training history without the epochs, plus each member's last-epoch loss."""
+    last_epoch = history["epochs"][-1]["epoch"]
+    return {key: value for key, value in history.items() if key != "epochs"} | {
+        "final_loss": [epoch["loss"] for epoch in history["epochs"] if epoch["epoch"] == last_epoch]}
 
 
 def _markdown(card: dict) -> str:

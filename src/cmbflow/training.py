@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
 from cmbflow.image import atomic_path, voxel_sizes, write_json
-from cmbflow.model import CandidateNet, Classifier, ModelSpec, load_model, save_model
+from cmbflow.model import CandidateNet, Classifier, ModelSpec, ResidualNet, load_model, save_model
 from cmbflow.patches import candidate_features, candidate_patches, n_features
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class TrainParams(BaseModel):
     mimics_every_epoch: bool = Field(True, description="show every named mimic (calcification) in every "
                                      "epoch, on top of the drawn negatives")
     widths: tuple[int, ...] = (8, 16, 32)
+    members: int = Field(2, ge=1, description="networks per model, trained from seeds seed, seed + 1, ...")
     seed: int = 0
 
 
@@ -162,9 +163,8 @@ def train_classifier(
     device: str | torch.device = "cpu",
     mimics: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[CandidateNet, list[dict[str, float]]]:
-    """Train a :class:`CandidateNet` on patches (n, C, S, S, S) and features (n, F).
-
-    Deterministic for a seed on CPU.
+    """Train a :class:`CandidateNet` of ``params.members`` networks on patches (n, C, S, S, S)
+    and features (n, F). Deterministic for a seed on CPU.
 
     Each epoch sees every positive and ``negatives_per_positive`` times as many negatives drawn
     afresh, so the rare class is not drowned and the many easy negatives are still all seen.
@@ -176,11 +176,8 @@ def train_classifier(
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(params.seed)
-    generator = torch.Generator().manual_seed(params.seed)
     spec = ModelSpec(in_channels=patches.shape[1], widths=params.widths, patch_size=patches.shape[-1],
-                     n_features=features.shape[1])
-    model = CandidateNet(spec).to(device)
+                     n_features=features.shape[1], members=params.members)
     x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     f_all = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
@@ -188,35 +185,42 @@ def train_classifier(
     if params.mimics_every_epoch and mimics is not None:
         shown = torch.from_numpy(np.asarray(mimics, dtype=bool)) & (y_all <= 0.5)
     positives = torch.nonzero(y_all > 0.5).squeeze(1)
-    always = torch.cat([positives, torch.nonzero(shown).squeeze(1)])
-    negatives = torch.nonzero((y_all <= 0.5) & ~shown).squeeze(1)
     if len(positives) in (0, len(y_all)):
         raise ValueError("training needs both microbleed and non-microbleed candidates")
+    always = torch.cat([positives, torch.nonzero(shown).squeeze(1)])
+    negatives = torch.nonzero((y_all <= 0.5) & ~shown).squeeze(1)
     n_neg = min(len(negatives), params.negatives_per_positive * len(positives))
-    steps = params.epochs * -(-(len(always) + n_neg) // params.batch_size)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, params.learning_rate, total_steps=steps)
+    model = CandidateNet(spec)
     history = []
-    for epoch in range(params.epochs):
-        started = time.perf_counter()
-        chosen = negatives[torch.randperm(len(negatives), generator=generator)[:n_neg]]
-        order = torch.cat([always, chosen])[torch.randperm(len(always) + n_neg, generator=generator)]
-        model.train()
-        total = 0.0
-        for batch in order.split(params.batch_size):
-            x = augment(x_all[batch], generator).to(device)
-            logits = model(x, f_all[batch].to(device))
-            loss = F.binary_cross_entropy_with_logits(logits, y_all[batch].to(device))
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(loss.detach()) * len(batch)
-        history.append({"epoch": epoch + 1, "examples": len(order), "loss": total / len(order),
-                        "seconds": time.perf_counter() - started})
-        log.info("epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, params.epochs, history[-1]["loss"],
-                 history[-1]["seconds"])
-    return model.eval(), history
+    for index in range(params.members):
+        seed = params.seed + index
+        torch.manual_seed(seed)
+        member = ResidualNet(spec).to(device)
+        generator = torch.Generator().manual_seed(seed)
+        steps = params.epochs * -(-(len(always) + n_neg) // params.batch_size)
+        optimiser = torch.optim.AdamW(member.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, params.learning_rate, total_steps=steps)
+        for epoch in range(params.epochs):
+            started = time.perf_counter()
+            chosen = negatives[torch.randperm(len(negatives), generator=generator)[:n_neg]]
+            order = torch.cat([always, chosen])[torch.randperm(len(always) + n_neg, generator=generator)]
+            member.train()
+            total = 0.0
+            for batch in order.split(params.batch_size):
+                x = augment(x_all[batch], generator).to(device)
+                logits = member(x, f_all[batch].to(device))
+                loss = F.binary_cross_entropy_with_logits(logits, y_all[batch].to(device))
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                schedule.step()
+                total += float(loss.detach()) * len(batch)
+            history.append({"member": index + 1, "epoch": epoch + 1, "examples": len(order),
+                            "loss": total / len(order), "seconds": time.perf_counter() - started})
+            log.info("member %d/%d, epoch %d/%d: loss %.4f (%.0f s)", index + 1, params.members, epoch + 1,
+                     params.epochs, history[-1]["loss"], history[-1]["seconds"])
+        model.members[index] = member
+    return model.to(device).eval(), history
 
 
 @dataclass(frozen=True)
