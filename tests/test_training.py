@@ -76,7 +76,8 @@ def test_mimics_join_every_epoch_on_top_of_the_drawn_negatives():
     params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1, members=1)
     _, history = train_classifier(x, features, y, params, mimics=mimics)
     assert [h["examples"] for h in history] == [4 + 3 + 4] * 2
-    _, history = train_classifier(x, features, y, params.model_copy(update={"mimics_every_epoch": False}), mimics=mimics)
+    without = params.model_copy(update={"mimics_every_epoch": False})
+    _, history = train_classifier(x, features, y, without, mimics=mimics)
     assert [h["examples"] for h in history] == [4 + 4] * 2
 
 

@@ -69,7 +69,8 @@ class CandidateParams(BaseModel):
     min_radius_mm: float = Field(0.6, ge=0, description="least apparent radius of a candidate (drops "
                                  "one- and two-voxel noise dips at ~1 mm resolution)")
     peak_distance_mm: float = Field(2.0, gt=0, description="radius of the local-maximum / darkest-voxel search")
-    merge_distance_mm: float = Field(2.5, ge=0, description="seeds, and candidate centres, closer than this are one candidate")
+    merge_distance_mm: float = Field(2.5, ge=0, description="seeds, and candidate centres, closer than this "
+                                     "are one candidate")
     region_half_width_mm: float = Field(12.0, gt=0, description="half width of the box a region may grow in")
     background_shell_mm: float = Field(2.0, gt=0, description="thickness of the shell outside a lesion "
                                        "whose median is its local background")
