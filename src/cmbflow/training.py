@@ -190,6 +190,7 @@ def train_classifier(
     always = torch.cat([positives, torch.nonzero(shown).squeeze(1)])
     negatives = torch.nonzero((y_all <= 0.5) & ~shown).squeeze(1)
     n_neg = min(len(negatives), params.negatives_per_positive * len(positives))
+    steps = params.epochs * -(-(len(always) + n_neg) // params.batch_size)
     model = CandidateNet(spec)
     history = []
     for index in range(params.members):
@@ -197,7 +198,6 @@ def train_classifier(
         torch.manual_seed(seed)
         member = ResidualNet(spec).to(device)
         generator = torch.Generator().manual_seed(seed)
-        steps = params.epochs * -(-(len(always) + n_neg) // params.batch_size)
         optimiser = torch.optim.AdamW(member.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, params.learning_rate, total_steps=steps)
         for epoch in range(params.epochs):
