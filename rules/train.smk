@@ -83,6 +83,7 @@ rule train_classifier:
         history=f"{TRAIN}/model/training_history.json",
     params:
         train=CFG.training.params.model_dump(),
+        members=CFG.training.members,
         device=CFG.device,
     log:
         f"{TRAIN}/logs/train_classifier.log",

@@ -91,8 +91,9 @@ def _write_scan(root, sub, affine, truth, candidates, calls, has_phase):
     truth = pd.DataFrame(truth, columns=["x", "y", "z", "kind", "diameter_mm", "region"])
     truth[["mni_x", "mni_y", "mni_z"]] = truth[["x", "y", "z"]]  # subject space = MNI space here
     truth.to_csv(truth_anat / f"{sub}_desc-truth_lesions.tsv", sep="\t", index=False)
-    pd.DataFrame(candidates, columns=["x", "y", "z", "probability"]).to_csv(
-        out_anat / f"{sub}_desc-candidates_detections.tsv", sep="\t", index=False)
+    candidates = pd.DataFrame([row + [False] * (5 - len(row)) for row in candidates],
+                              columns=["x", "y", "z", "probability", "superseded"])
+    candidates.to_csv(out_anat / f"{sub}_desc-candidates_detections.tsv", sep="\t", index=False)
     pd.DataFrame(calls, columns=["x", "y", "z", "region"]).to_csv(
         out_anat / f"{sub}_desc-cmb_detections.tsv", sep="\t", index=False)
     grid = nib.Nifti1Image(np.ones((4, 4, 4), dtype=np.uint8), affine)
@@ -111,10 +112,11 @@ def two_scans(tmp_path):
                 [[0, 0, 0, "cmb", 2, "lobar"], [50, 0, 0, "cmb", 2, "deep"], [20, 0, 0, "calcification", 3, "deep"]],
                 [[0, 0, 0.5, 0.9], [20, 0, 0, 0.8], [50, 0, 1, 0.3]], [[0, 0, 0.5, "lobar"]], has_phase=True)
     # sub-02 (magnitude only; LPS 1 mm, tolerance r + 1): bleed at (10,10,10) r 2; candidates hit it
-    # (p .6) and a FP (p .7); both are called.
+    # (p .6) and a FP (p .7); both are called. A third (p .5) on the same bleed is superseded by
+    # the .6 one: it never enters the FROC (counted, it would add a point at 2 FP per scan).
     _write_scan(tmp_path, "sub-02", np.diag([-1.0, -1.0, 1.0, 1.0]),
                 [[10, 10, 10, "cmb", 4, "lobar"]],
-                [[10, 10, 11, 0.6], [30, 0, 0, 0.7]], [[10, 10, 11, "lobar"], [30, 0, 0, "deep"]], has_phase=False)
+                [[10, 10, 11, 0.6], [30, 0, 0, 0.7], [10, 10, 13, 0.5, True]], [[10, 10, 11, "lobar"], [30, 0, 0, "deep"]], has_phase=False)
     return tmp_path
 
 

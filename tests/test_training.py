@@ -48,16 +48,16 @@ def tiny_set(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
 
 def test_training_is_deterministic_for_a_seed(tmp_path):
     x, y = tiny_set()
-    params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1, members=2)
+    params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1)
     features = np.stack([y, 1.0 - y], axis=1).astype(np.float32)
-    first, history = train_classifier(x, features, y, params)
-    again, _ = train_classifier(x, features, y, params)
+    first, history = train_classifier(x, features, y, params, members=2)
+    again, _ = train_classifier(x, features, y, params, members=2)
     assert [(h["member"], h["epoch"]) for h in history] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert all(np.isfinite(h["loss"]) for h in history)
     for (name, a), b in zip(first.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
     # Each member is the lone network of its seed, and the ensemble averages their logits.
-    lone, _ = train_classifier(x, features, y, params.model_copy(update={"members": 1, "seed": 1}))
+    lone, _ = train_classifier(x, features, y, params.model_copy(update={"seed": 1}))
     for (name, a), b in zip(first.members[1].state_dict().items(), lone.members[0].state_dict().values()):
         assert torch.equal(a, b), name
     xt, ft = torch.from_numpy(x), torch.from_numpy(features)
@@ -73,7 +73,7 @@ def test_mimics_join_every_epoch_on_top_of_the_drawn_negatives():
     features = np.stack([y, 1.0 - y], axis=1).astype(np.float32)
     mimics = np.zeros(len(y), dtype=bool)
     mimics[np.flatnonzero(y == 0)[:3]] = True
-    params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1, members=1)
+    params = TrainParams(epochs=2, batch_size=8, widths=(4, 8), negatives_per_positive=1)
     _, history = train_classifier(x, features, y, params, mimics=mimics)
     assert [h["examples"] for h in history] == [4 + 3 + 4] * 2
     without = params.model_copy(update={"mimics_every_epoch": False})

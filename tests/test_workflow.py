@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
+from cmbflow.detections import superseded
 from cmbflow.simulate import simulate_cohort
 from cohorts import tiny_cohort
 
@@ -65,6 +66,8 @@ def test_per_subject_outputs(run):
         flags = pd.read_csv(anat / f"{sub}_desc-candidates_detections.tsv", sep="\t")
         assert {"mimic_diamagnetic", "mimic_vessel"} <= set(flags.columns)
         assert flags.mimic_diamagnetic.isna().all() == (sub == "sub-003")  # no phase, no flag
+        calls = flags[flags.is_cmb]  # one call per lesion: no superseded call, none within 4 mm
+        assert not calls.superseded.any() and not superseded(calls[["x", "y", "z"]], calls.probability).any()
         assert (anat / f"{sub}_desc-brain_mask.nii.gz").exists()
         assert (run / sub / "xfm" / f"{sub}_from-T2starw_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
     assert (run / "sub-001" / "anat" / "sub-001_desc-swi_T2starw.nii.gz").exists()

@@ -10,5 +10,6 @@ run_step(
     out_magnitude=snakemake.output.magnitude,
     out_history=snakemake.output.history,
     params=TrainParams(**snakemake.params.train),
+    members=snakemake.params.members,
     device=resolve_device(snakemake.params.device),
 )

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from cmbflow.detections import keep_first_within
 from cmbflow.frst import frst3d, mask_bounds
 from cmbflow.image import b0_direction_voxel, ijk_to_xyz, voxel_sizes
 
@@ -416,13 +417,7 @@ def drop_repeated_centres(table: pd.DataFrame, distance_mm: float) -> pd.DataFra
     such repeats were the highest-scoring false positives, and in training they taught the
     classifier to call a true bleed a non-bleed.
     """
-    if table.empty:
-        return table
-    xyz = table[["x", "y", "z"]].to_numpy(dtype=float)
-    tree = cKDTree(xyz)
-    keep = np.zeros(len(table), dtype=bool)
-    for row in range(len(table)):
-        keep[row] = not keep[tree.query_ball_point(xyz[row], distance_mm)].any()
+    keep = keep_first_within(table[["x", "y", "z"]].to_numpy(dtype=float), distance_mm)
     return table[keep].reset_index(drop=True)
 
 

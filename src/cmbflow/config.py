@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -93,6 +93,10 @@ class TrainingConfig(_Strict):
     max_fp_per_scan: dict[Literal["phase", "magnitude"], float] = Field(
         default_factory=lambda: {"phase": 0.5, "magnitude": 1.0},
         description="operating point of each model on the validation cohort (false positives per scan)")
+    members: dict[Literal["phase", "magnitude"], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: {"phase": 2, "magnitude": 3},
+        description="networks per model (seeds 0, 1, ...), logits averaged; the magnitude-only model "
+        "ranks from less evidence and gains more from a third")
     params: TrainParams = TrainParams()
 
 

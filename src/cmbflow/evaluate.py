@@ -241,10 +241,12 @@ def region_accuracy(scans: Sequence[_Scan], atlas: MarsAtlas) -> dict:
 
 
 def _group_figures(scans: Sequence[_Scan]) -> tuple[dict, pd.DataFrame]:
-    """Call metrics, candidate recall and candidate FROC summary over ``scans``; and the FROC curve."""
+    """Call metrics, candidate recall and candidate FROC summary over ``scans``; and the FROC curve
+    (of the candidates that can be calls: superseded ones never are)."""
+    standing = [s.candidates[~s.candidates["superseded"].astype(bool)] for s in scans]
     curve = froc_curve(
-        [s.candidates["probability"].to_numpy() for s in scans],
-        [_xyz(s.candidates) for s in scans],
+        [c["probability"].to_numpy() for c in standing],
+        [_xyz(c) for c in standing],
         [_xyz(s.truth) for s in scans],
         [s.truth["diameter_mm"].to_numpy(dtype=float) / 2 for s in scans],
         [s.voxel for s in scans],

@@ -21,7 +21,7 @@ from cmbflow import __version__, anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
 from cmbflow.derivatives import bids_uri, sidecar
-from cmbflow.detections import mimic_flags, read_detections, write_detections
+from cmbflow.detections import SAME_LESION_MM, mimic_flags, read_detections, superseded, write_detections
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
 from cmbflow.image import (
@@ -199,7 +199,8 @@ def classify_candidates(
     device: str,
     label: str,
 ) -> None:
-    """Stage 2: the CNN's microbleed probability for every candidate, and ``is_cmb`` above threshold.
+    """Stage 2: the CNN's microbleed probability for every candidate, and ``is_cmb`` above threshold
+    (of candidates within :data:`SAME_LESION_MM`, only the most probable).
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
@@ -212,7 +213,8 @@ def classify_candidates(
                                 table[["x", "y", "z"]].to_numpy(float), hp, paramagnetic_sign)
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"] = classifier.predict(patches, features, torch_device)
-    table["is_cmb"] = table["probability"] >= classifier.threshold
+    table["superseded"] = superseded(table[["x", "y", "z"]].to_numpy(float), table["probability"])
+    table["is_cmb"] = (table["probability"] >= classifier.threshold) & ~table["superseded"]
     log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",
              label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)
     about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
@@ -240,7 +242,7 @@ def locate_detections(
     location = pd.DataFrame(mni, columns=["mni_x", "mni_y", "mni_z"], index=table.index)
     location = location.join(read_mars_atlas(atlas).lookup(mni).set_axis(table.index))
     table = pd.concat([table, location], axis=1)
-    calls = table[table["is_cmb"]].drop(columns="is_cmb").reset_index(drop=True)
+    calls = table[table["is_cmb"]].drop(columns=["is_cmb", "superseded"]).reset_index(drop=True)
     table = pd.concat([table, mimic_flags(table)], axis=1)
     meta = json.loads(Path(classified_json).read_text())
     about = {key: meta[key] for key in CLASSIFIER_FIELDS}

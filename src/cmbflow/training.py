@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
+from cmbflow.detections import superseded
 from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
 from cmbflow.image import atomic_path, voxel_sizes, write_json
 from cmbflow.model import CandidateNet, Classifier, ModelSpec, ResidualNet, load_model, save_model
@@ -45,7 +47,6 @@ class TrainParams(BaseModel):
     mimics_every_epoch: bool = Field(True, description="show every named mimic (calcification) in every "
                                      "epoch, on top of the drawn negatives")
     widths: tuple[int, ...] = (8, 16, 32)
-    members: int = Field(2, ge=1, description="networks per model, trained from seeds seed, seed + 1, ...")
     seed: int = 0
 
 
@@ -162,9 +163,11 @@ def train_classifier(
     params: TrainParams = TrainParams(),
     device: str | torch.device = "cpu",
     mimics: npt.NDArray[np.bool_] | None = None,
+    members: int = 1,
 ) -> tuple[CandidateNet, list[dict[str, float]]]:
-    """Train a :class:`CandidateNet` of ``params.members`` networks on patches (n, C, S, S, S)
-    and features (n, F). Deterministic for a seed on CPU.
+    """Train a :class:`CandidateNet` of ``members`` networks, from seeds ``params.seed``,
+    ``params.seed + 1``, ..., on patches (n, C, S, S, S) and features (n, F). Deterministic for a
+    seed on CPU.
 
     Each epoch sees every positive and ``negatives_per_positive`` times as many negatives drawn
     afresh, so the rare class is not drowned and the many easy negatives are still all seen.
@@ -177,7 +180,7 @@ def train_classifier(
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
     spec = ModelSpec(in_channels=patches.shape[1], widths=params.widths, patch_size=patches.shape[-1],
-                     n_features=features.shape[1], members=params.members)
+                     n_features=features.shape[1], members=members)
     x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     f_all = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
@@ -193,7 +196,7 @@ def train_classifier(
     steps = params.epochs * -(-(len(always) + n_neg) // params.batch_size)
     model = CandidateNet(spec)
     history = []
-    for index in range(params.members):
+    for index in range(members):
         seed = params.seed + index
         torch.manual_seed(seed)
         member = ResidualNet(spec).to(device)
@@ -217,7 +220,7 @@ def train_classifier(
                 total += float(loss.detach()) * len(batch)
             history.append({"member": index + 1, "epoch": epoch + 1, "examples": len(order),
                             "loss": total / len(order), "seconds": time.perf_counter() - started})
-            log.info("member %d/%d, epoch %d/%d: loss %.4f (%.0f s)", index + 1, params.members, epoch + 1,
+            log.info("member %d/%d, epoch %d/%d: loss %.4f (%.0f s)", index + 1, members, epoch + 1,
                      params.epochs, history[-1]["loss"], history[-1]["seconds"])
         model.members[index] = member
     return model.to(device).eval(), history
@@ -225,7 +228,8 @@ def train_classifier(
 
 @dataclass(frozen=True)
 class ScanScores:
-    """One validation scan: its candidates' positions and probabilities, and the true bleeds."""
+    """One validation scan: its candidates' positions and probabilities (those not superseded by a
+    more probable one nearby), and the true bleeds."""
 
     candidates_xyz: npt.NDArray[np.float64]
     probability: npt.NDArray[np.float64]
@@ -268,9 +272,10 @@ def metrics_at(scans: list[ScanScores], threshold: float) -> dict[str, float]:
 
 def train_models(
     patches_npz: str | Path, out_phase: str | Path, out_magnitude: str | Path, out_history: str | Path,
-    params: TrainParams, device: str | torch.device = "cpu",
+    params: TrainParams, members: Mapping[str, int], device: str | torch.device = "cpu",
 ) -> None:
-    """Train the phase model (scans with phase) and the magnitude model (every scan, magnitude only)."""
+    """Train the phase model (scans with phase) and the magnitude model (every scan, magnitude
+    only), of ``members[variant]`` networks each."""
     data = np.load(patches_npz)
     patches, features, labels, has_phase = data["patches"], data["features"], data["label"], data["has_phase"]
     mimics = data["kind"] == "calcification"
@@ -280,7 +285,7 @@ def train_models(
         ("magnitude", patches[:, :1], features[:, : n_features(with_phase=False)], labels, mimics, out_magnitude),
     ):
         started = time.perf_counter()
-        model, epochs = train_classifier(x, f, y, params, device, mimics=m)
+        model, epochs = train_classifier(x, f, y, params, device, mimics=m, members=members[variant])
         save_model(model, out)
         history[variant] = {"examples": len(y), "microbleeds": int(y.sum()), "epochs": epochs,
                             "seconds": round(time.perf_counter() - started, 1)}
@@ -312,8 +317,10 @@ def score_scans(
             with_phase = model.spec.in_channels == 2
             probability = Classifier(model, 0.5, name).predict(
                 patches[:, : model.spec.in_channels], candidate_features(table, with_phase), device)
+            xyz = table[["x", "y", "z"]].to_numpy(float)
+            standing = ~superseded(xyz, probability)  # as the workflow calls them
             scored[name][group].append(ScanScores(
-                table[["x", "y", "z"]].to_numpy(float), probability, truth[["x", "y", "z"]].to_numpy(float),
+                xyz[standing], probability[standing], truth[["x", "y", "z"]].to_numpy(float),
                 truth["diameter_mm"].to_numpy(float) / 2, voxel))
     return scored
 
