@@ -21,7 +21,7 @@ from cmbflow import __version__, anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
 from cmbflow.derivatives import bids_uri, sidecar
-from cmbflow.detections import SAME_LESION_MM, mimic_flags, read_detections, superseded, write_detections
+from cmbflow.detections import mimic_flags, read_detections, superseded, write_detections
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
 from cmbflow.image import (
@@ -200,7 +200,7 @@ def classify_candidates(
     label: str,
 ) -> None:
     """Stage 2: the CNN's microbleed probability for every candidate, and ``is_cmb`` above threshold
-    (of candidates within :data:`SAME_LESION_MM`, only the most probable).
+    (of candidates within :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable).
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
