@@ -70,13 +70,17 @@ def test_figures_are_written_as_png(tmp_path):
 def test_warnings_name_what_to_check_and_skip_unknown_metrics():
     assert qc_warnings({}) == []
     good = {"phase_used": True, "brain_volume_ml": 1200.0, "n_candidates": 900, "n_cmb": 2,
-            "registration_similarity": 0.3}
+            "registration_similarity": 0.3, "voxel_size_x_mm": 0.9, "voxel_size_y_mm": 3.0, "voxel_size_z_mm": 1.0}
     assert qc_warnings(good) == []
     bad = good | {"phase_used": False, "brain_volume_ml": 500.0, "n_cmb": MANY_CALLS,
                   "registration_similarity": 0.05, "status": "failed", "error": "corrupt magnitude"}
     text = " ".join(qc_warnings(bad))
     for expected in ("no phase", "low brain volume", "many microbleeds", "poor registration", "corrupt magnitude"):
         assert expected in text
+    # Coarser than the classifier's training scans, in any axis order: in-plane 1.5 mm, or 5 mm slices.
+    for sizes in ((1.5, 1.5, 2.5), (2.5, 1.5, 1.5), (0.9, 0.9, 5.0)):
+        coarse = good | dict(zip(("voxel_size_x_mm", "voxel_size_y_mm", "voxel_size_z_mm"), sizes))
+        assert "coarser than the classifier was trained on" in " ".join(qc_warnings(coarse))
 
 
 SUMMARY = pd.DataFrame({

@@ -174,6 +174,7 @@ def test_evaluation_against_the_simulated_truth(run, cohort):
     # bounded so that it cannot get worse unnoticed.
     assert result["by_phase"]["phase"]["calls"]["fp_per_scan"] <= 1
     assert result["by_phase"]["magnitude_only"]["calls"]["false_positives"] <= 24
+    assert "coarser than the classifier was trained on" in (run / "sub-003_report.html").read_text()
     assert set(result["per_region"]) <= {"lobar", "deep", "infratentorial"}
     assert result["region_accuracy"]["matched_calls"] == calls["true_positives"]
     assert result["region_accuracy"]["accuracy"] >= 0.6

@@ -18,6 +18,7 @@ import pandas as pd
 from cmbflow import __version__
 from cmbflow.detections import read_detections
 from cmbflow.image import atomic_path, load_image, read_sidecar
+from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 from cmbflow.report import figures
 
 #: Warning thresholds. An adult brain is 1000-1600 ml; the simulated and real scans gave 50-2000
@@ -57,6 +58,13 @@ def qc_warnings(metrics: dict) -> list[str]:
     if metrics.get("phase_used") in (False, 0):  # None (unknown) is not in there
         warnings.append("no phase image: the magnitude-only model ran (calcifications and veins are harder to "
                         "tell from microbleeds)")
+    sizes = [metrics.get(f"voxel_size_{axis}_mm") for axis in "xyz"]
+    if all(_known(size) for size in sizes):
+        *in_plane, thickness = sorted(round(float(size), 2) for size in sizes)
+        if max(in_plane) > TRAINED_IN_PLANE_MM[1] or thickness > TRAINED_SLICE_MM[1]:
+            warnings.append(f"voxels ({' x '.join(f'{size:g}' for size in sizes)} mm) coarser than the classifier "
+                            f"was trained on (in-plane up to {TRAINED_IN_PLANE_MM[1]:g} mm, slices up to "
+                            f"{TRAINED_SLICE_MM[1]:g} mm): expect more false calls, above all without phase")
     volume = metrics.get("brain_volume_ml")
     if _known(volume) and volume < LOW_BRAIN_VOLUME_ML:
         warnings.append(f"low brain volume ({volume:.0f} ml < {LOW_BRAIN_VOLUME_ML:.0f} ml): check the brain mask "

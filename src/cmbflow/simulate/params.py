@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cmbflow.errors import InputError
+from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 
 PRESETS = ("tiny", "standard", "diverse", "training")
 PHASE_UNITS = ("rad", "arbitrary")
@@ -164,8 +165,8 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     if preset == "diverse":
         orientation = _any_orientation(rng)
         slice_world_axis = int(rng.choice(3, p=[0.2, 0.2, 0.6]))  # sagittal, coronal, axial slices
-        in_plane = _uniform(rng, 0.5, 1.0, 2)
-        slice_mm = _uniform(rng, 1.5, 3.0, 2)
+        in_plane = _uniform(rng, *TRAINED_IN_PLANE_MM, 2)
+        slice_mm = _uniform(rng, *TRAINED_SLICE_MM, 2)
         oblique = (
             (_uniform(rng, -15, 15, 2), _uniform(rng, -5, 5, 2), 0.0) if rng.random() < 0.3 else (0.0, 0.0, 0.0)
         )
