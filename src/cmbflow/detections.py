@@ -24,6 +24,11 @@ CORE_COLUMNS: dict[str, dict[str, str]] = {
     "volume_mm3": {"Description": "Apparent volume of the dark region", "Units": "mm^3"},
 }
 
+#: Candidates closer than this are one lesion. A bleed blooming across thick (2.5-3 mm) slices
+#: can give one candidate per slice, about one slice apart; with both called, one lesion counted
+#: twice. Microbleeds whose centres are under 4 mm apart read as one dark spot.
+SAME_LESION_MM = 4.0
+
 #: Descriptions of the feature columns stage 1 adds after the core columns.
 FEATURE_COLUMNS: dict[str, dict[str, str]] = {
     "frst": {"Description": "Fast radial symmetry transform response at the detection (dark-blob evidence)"},
@@ -35,8 +40,8 @@ FEATURE_COLUMNS: dict[str, dict[str, str]] = {
     "edge_distance_mm": {"Description": "Distance to the brain mask boundary", "Units": "mm"},
     "source": {"Description": "Which candidate generator found it", "Levels": {
         "frst": "radial symmetry transform only", "threshold": "threshold + shape only", "both": "both"}},
-    "superseded": {"Description": "A more probable candidate within 4 mm stands for the same lesion, "
-                   "so this one is never a call"},
+    "superseded": {"Description": f"A more probable candidate within {SAME_LESION_MM:g} mm stands for the same "
+                   "lesion, so this one is never a call"},
     "is_cmb": {"Description": "Whether the detection is a final microbleed call: probability at or above "
                "the threshold, and not superseded"},
 }
@@ -73,11 +78,6 @@ MIMIC_COLUMNS: dict[str, dict[str, str]] = {
 DIAMAGNETIC_PHASE_DIPOLE = -0.2
 VESSEL_ELONGATION = 2.0
 
-#: Candidates closer than this are one lesion. A bleed blooming across thick (2.5-3 mm) slices
-#: can give one candidate per slice, about one slice apart; with both called, one lesion counted
-#: twice. Microbleeds whose centres are under 4 mm apart read as one dark spot.
-SAME_LESION_MM = 4.0
-
 #: Fixed float formatting: identical inputs give byte-identical tables.
 FLOAT_FORMAT = "%.4f"
 
@@ -107,7 +107,6 @@ def mimic_flags(table: pd.DataFrame) -> pd.DataFrame:
 def read_detections(tsv: str | Path) -> pd.DataFrame:
     """Read a detections table written by :func:`write_detections`."""
     return pd.read_csv(tsv, sep="\t", na_values="n/a", keep_default_na=False)
-
 
 
 def keep_first_within(xyz: npt.ArrayLike, distance_mm: float) -> npt.NDArray[np.bool_]:

@@ -22,12 +22,13 @@ import pandas as pd
 from scipy import ndimage
 
 PATCH_MM = 20.0
+PATCH_SIZE = 16
+_MAGNITUDE_CLIP = 2.0
+
 #: Voxel sizes of the scans the shipped classifier was trained on (the simulator's ``diverse``
 #: preset draws from these): in-plane, and slice thickness, in mm.
 TRAINED_IN_PLANE_MM = (0.5, 1.0)
 TRAINED_SLICE_MM = (1.5, 3.0)
-PATCH_SIZE = 16
-_MAGNITUDE_CLIP = 2.0
 
 
 def patch_offsets_mm(size: int = PATCH_SIZE, extent_mm: float = PATCH_MM) -> npt.NDArray[np.float64]:

@@ -209,11 +209,12 @@ def classify_candidates(
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
     classifier = load_classifier(params.model_dir, has_phase=hp is not None, threshold=params.threshold)
     torch_device = resolve_device(device)
-    patches = candidate_patches(img.get_fdata(dtype=np.float32), _mask(mask, label), img.affine,
-                                table[["x", "y", "z"]].to_numpy(float), hp, paramagnetic_sign)
+    centres = table[["x", "y", "z"]].to_numpy(float)
+    patches = candidate_patches(img.get_fdata(dtype=np.float32), _mask(mask, label), img.affine, centres, hp,
+                                paramagnetic_sign)
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"] = classifier.predict(patches, features, torch_device)
-    table["superseded"] = superseded(table[["x", "y", "z"]].to_numpy(float), table["probability"])
+    table["superseded"] = superseded(centres, table["probability"])
     table["is_cmb"] = (table["probability"] >= classifier.threshold) & ~table["superseded"]
     log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",
              label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)

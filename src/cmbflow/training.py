@@ -310,6 +310,8 @@ def score_scans(
         table, patches, voxel = scan_patches(scan, paramagnetic_sign)
         truth = pd.read_csv(truth_dir / stage1.parent.relative_to(stage1_dir) / f"{scan.prefix}{TRUTH_SUFFIX}", sep="\t")
         truth = truth[truth["kind"] == "cmb"]
+        truth_xyz, truth_radius = truth[["x", "y", "z"]].to_numpy(float), truth["diameter_mm"].to_numpy(float) / 2
+        xyz = table[["x", "y", "z"]].to_numpy(float)
         group = "phase" if scan.hpphase is not None else "magnitude_only"
         for name, model in models.items():
             if model.spec.in_channels == 2 and scan.hpphase is None:
@@ -317,11 +319,8 @@ def score_scans(
             with_phase = model.spec.in_channels == 2
             probability = Classifier(model, 0.5, name).predict(
                 patches[:, : model.spec.in_channels], candidate_features(table, with_phase), device)
-            xyz = table[["x", "y", "z"]].to_numpy(float)
             standing = ~superseded(xyz, probability)  # as the workflow calls them
-            scored[name][group].append(ScanScores(
-                xyz[standing], probability[standing], truth[["x", "y", "z"]].to_numpy(float),
-                truth["diameter_mm"].to_numpy(float) / 2, voxel))
+            scored[name][group].append(ScanScores(xyz[standing], probability[standing], truth_xyz, truth_radius, voxel))
     return scored
 
 
