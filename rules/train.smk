@@ -1,7 +1,8 @@
 # Training the stage-2 classifier: snakemake train --cores N
-# Simulated cohorts go through the workflow's own stage 1, so the network is trained on the
-# candidates it will really be shown; a validation cohort from another seed picks each model's
-# threshold and gives the figures of the model card. Nothing here runs for a normal analysis.
+# Simulated cohorts go through the workflow's own stage 1 (its steps in one job per scan:
+# cmbflow.stages.run_stage1), so the network is trained on the candidates it will really be
+# shown; a validation cohort from another seed picks each model's threshold and gives the
+# figures of the model card. Nothing here runs for a normal analysis.
 TRAIN = str(CFG.training.dir)
 COHORTS = {
     "train": (CFG.training.train_subjects, CFG.training.train_seed, "training"),
@@ -9,6 +10,12 @@ COHORTS = {
 }
 # Jobs run the library from this checkout, installed or not.
 CMBFLOW = f"PYTHONPATH={workflow.basedir}/src python -m cmbflow.cli"
+
+# The simulator numbers subjects from 001.
+STAGE1_SCANS = {
+    cohort: expand(f"{TRAIN}/{cohort}/stage1/sub-{{subject}}", subject=[f"{i:03d}" for i in range(1, n + 1)])
+    for cohort, (n, _, _) in COHORTS.items()
+}
 
 
 wildcard_constraints:
@@ -35,32 +42,38 @@ rule simulate_cohort:
         "{params.cmbflow} simulate {output} --subjects {params.n} --seed {params.seed} --preset {params.preset} > {log} 2>&1"
 
 
-rule stage1_cohort:
+rule stage1_scan:
     input:
-        rules.simulate_cohort.output,
+        bids=rules.simulate_cohort.output[0],
     output:
-        directory(f"{TRAIN}/{{cohort}}/stage1"),
+        directory(f"{TRAIN}/{{cohort}}/stage1/sub-{{subject}}"),
     params:
-        cmbflow=CMBFLOW,
+        label="sub-{subject}",
+        stage1_dir=lambda wc, output: os.path.dirname(output[0]),
+        echo=CFG.echo,
+        phase=CFG.phase.model_dump(),
+        candidates=CFG.candidates.model_dump(),
+        device=CFG.device,
     log:
-        f"{TRAIN}/logs/stage1_cohort/{{cohort}}.log",
-    threads: 8  # capped at --cores on one machine; what a cluster job asks for
+        f"{TRAIN}/logs/stage1_scan/{{cohort}}_sub-{{subject}}.log",
+    threads: 1  # ITK is single-threaded (rules/anat.smk); FRST gains little from a second core
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=4000,
+        runtime=10,
     conda:
         "../envs/cmbflow.yaml"
-    shell:
-        "{params.cmbflow} {input} {output} participant --cores {threads} --until candidates --notemp > {log} 2>&1"
+    script:
+        "../workflow_scripts/stage1_scan.py"
 
 
 rule training_patches:
     input:
-        stage1=f"{TRAIN}/train/stage1",
+        stage1=STAGE1_SCANS["train"],
         bids=f"{TRAIN}/train/bids",
     output:
         f"{TRAIN}/train/patches.npz",
     params:
+        stage1_dir=lambda wc, input: os.path.dirname(input.stage1[0]),
         paramagnetic_sign=CFG.phase.paramagnetic_sign,
     log:
         f"{TRAIN}/logs/training_patches.log",
@@ -102,13 +115,14 @@ rule validate_classifier:
         phase=rules.train_classifier.output.phase,
         magnitude=rules.train_classifier.output.magnitude,
         history=rules.train_classifier.output.history,
-        stage1=f"{TRAIN}/validation/stage1",
+        stage1=STAGE1_SCANS["validation"],
         bids=f"{TRAIN}/validation/bids",
     output:
         card=f"{TRAIN}/model/model_card.json",
         card_md=f"{TRAIN}/model/MODEL_CARD.md",
         froc=f"{TRAIN}/model/froc.png",
     params:
+        stage1_dir=lambda wc, input: os.path.dirname(input.stage1[0]),
         training=CFG.training.model_dump(mode="json"),
         paramagnetic_sign=CFG.phase.paramagnetic_sign,
         device=CFG.device,

@@ -17,8 +17,11 @@ import pandas as pd
 import pytest
 from matplotlib import image as mpimg
 
-from cmbflow.detections import superseded
+from cmbflow.candidates import CandidateParams
+from cmbflow.config import PhaseConfig
+from cmbflow.detections import STAGE1_SUFFIX, superseded
 from cmbflow.simulate import simulate_cohort
+from cmbflow.stages import run_stage1
 from cohorts import tiny_cohort
 
 pytestmark = pytest.mark.workflow
@@ -213,8 +216,20 @@ def test_train_target_needs_no_dataset_and_plans_every_step(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", result.stdout, flags=re.MULTILINE))
-    assert counts == {"simulate_cohort": "2", "stage1_cohort": "2", "training_patches": "1",
-                      "train_classifier": "1", "validate_classifier": "1", "train": "1", "total": "8"}
+    # Stage 1 is one job per scan: 40 training and 20 validation scans by default.
+    assert counts == {"simulate_cohort": "2", "stage1_scan": "60", "training_patches": "1",
+                      "train_classifier": "1", "validate_classifier": "1", "train": "1", "total": "66"}
+
+
+def test_training_stage1_finds_what_the_workflow_finds(cohort, run, tmp_path):
+    """snakemake train runs stage 1 in one job per scan: same candidates, same features."""
+    for label in ("sub-001", "sub-003"):  # with and without phase
+        run_stage1(cohort, label, tmp_path, "last", PhaseConfig(), CandidateParams(), "cpu")
+        stage1 = pd.read_csv(tmp_path / label / "anat" / f"{label}{STAGE1_SUFFIX}", sep="\t")
+        workflow = pd.read_csv(run / label / "anat" / f"{label}_desc-candidates_detections.tsv", sep="\t")
+        assert len(stage1) > 0
+        columns = stage1.columns.drop("probability")
+        pd.testing.assert_frame_equal(stage1[columns], workflow[columns])
 
 
 def test_analysis_without_dataset_is_a_one_line_error(tmp_path):

@@ -9,7 +9,7 @@ run_step(
     validate_and_write_card,
     weights={"phase": snakemake.input.phase, "magnitude": snakemake.input.magnitude},
     history_json=snakemake.input.history,
-    stage1_dir=snakemake.input.stage1,
+    stage1_dir=snakemake.params.stage1_dir,
     truth_dir=Path(snakemake.input.bids) / "derivatives" / "simulation",
     training=snakemake.params.training,
     paramagnetic_sign=snakemake.params.paramagnetic_sign,

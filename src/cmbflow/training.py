@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from cmbflow.detections import superseded
+from cmbflow.detections import STAGE1_SUFFIX, superseded
 from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
 from cmbflow.image import atomic_path, voxel_sizes, write_json
 from cmbflow.model import CandidateNet, Classifier, ModelSpec, ResidualNet, load_model, save_model
@@ -30,7 +30,6 @@ from cmbflow.patches import candidate_features, candidate_patches, n_features
 
 log = logging.getLogger(__name__)
 
-STAGE1_SUFFIX = "_desc-stage1_detections.tsv"
 TRUTH_SUFFIX = "_desc-truth_lesions.tsv"
 
 
