@@ -19,7 +19,8 @@ from matplotlib import image as mpimg
 
 from cmbflow.candidates import CandidateParams
 from cmbflow.config import PhaseConfig
-from cmbflow.detections import STAGE1_SUFFIX, superseded
+from cmbflow.derivatives import STAGE1_TABLE
+from cmbflow.detections import superseded
 from cmbflow.simulate import simulate_cohort
 from cmbflow.stages import run_stage1
 from cohorts import tiny_cohort
@@ -225,7 +226,7 @@ def test_training_stage1_finds_what_the_workflow_finds(cohort, run, tmp_path):
     """snakemake train runs stage 1 in one job per scan: same candidates, same features."""
     for label in ("sub-001", "sub-003"):  # with and without phase
         run_stage1(cohort, label, tmp_path, "last", PhaseConfig(), CandidateParams(), "cpu")
-        stage1 = pd.read_csv(tmp_path / label / "anat" / f"{label}{STAGE1_SUFFIX}", sep="\t")
+        stage1 = pd.read_csv(tmp_path / label / "anat" / f"{label}{STAGE1_TABLE}.tsv", sep="\t")
         workflow = pd.read_csv(run / label / "anat" / f"{label}_desc-candidates_detections.tsv", sep="\t")
         assert len(stage1) > 0
         columns = stage1.columns.drop("probability")

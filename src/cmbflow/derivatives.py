@@ -9,6 +9,15 @@ from cmbflow.image import atomic_path, write_json
 
 CODE_URL = "https://github.com/cmbflow/cmbflow"
 
+#: Name endings (before the extension) of a scan's stage-1 outputs, as the workflow's rules write
+#: them; training writes the same in one process (cmbflow.stages.run_stage1), and training and
+#: evaluation read them back.
+N4_MAGNITUDE = "_part-mag_desc-n4_T2starw"
+BRAIN_MASK = "_desc-brain_mask"
+HPPHASE = "_part-phase_desc-hpphase_T2starw"
+SWI = "_desc-swi_T2starw"
+STAGE1_TABLE = "_desc-stage1_detections"
+
 
 #: Output files that BIDS 1.10 has no name for (the validator skips them): folders that are not
 #: per-subject data, the detection tables and QC metrics (no such suffix yet) and the transforms

@@ -11,9 +11,6 @@ from scipy.spatial import cKDTree
 
 from cmbflow.image import atomic_path, write_json
 
-#: File-name ending of a stage-1 table (candidates with features, not yet classified).
-STAGE1_SUFFIX = "_desc-stage1_detections.tsv"
-
 #: Columns every detections table starts with, in this order, and what they mean.
 CORE_COLUMNS: dict[str, dict[str, str]] = {
     "x": {"Description": "World coordinate (RAS+) of the detection, from the input magnitude's affine", "Units": "mm"},

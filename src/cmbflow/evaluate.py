@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from cmbflow.derivatives import BRAIN_MASK, HPPHASE
 from cmbflow.errors import InputError
 from cmbflow.image import atomic_path, voxel_sizes
 from cmbflow.mars import ATLAS_NAME, MarsAtlas, read_mars_atlas
@@ -202,7 +203,7 @@ def _load_scan(truth_tsv: Path, truth_dir: Path, output_dir: Path) -> _Scan | No
     truth = truth[truth["kind"] == "cmb"].reset_index(drop=True)
     calls = pd.read_csv(calls_tsv, sep="\t")
     candidates = pd.read_csv(folder / f"{prefix}_desc-candidates_detections.tsv", sep="\t")
-    voxel = voxel_sizes(nib.load(folder / f"{prefix}_desc-brain_mask.nii.gz").affine)
+    voxel = voxel_sizes(nib.load(folder / f"{prefix}{BRAIN_MASK}.nii.gz").affine)
     radius = truth["diameter_mm"].to_numpy(dtype=float) / 2
     return _Scan(
         name=prefix,
@@ -211,7 +212,7 @@ def _load_scan(truth_tsv: Path, truth_dir: Path, output_dir: Path) -> _Scan | No
         candidates=candidates,
         voxel=voxel,
         # The workflow writes the high-pass phase only for scans whose phase it used.
-        has_phase=(folder / f"{prefix}_part-phase_desc-hpphase_T2starw.nii.gz").exists(),
+        has_phase=(folder / f"{prefix}{HPPHASE}.nii.gz").exists(),
         calls_match=match_detections(_xyz(calls), _xyz(truth), radius, voxel),
         candidates_match=match_detections(_xyz(candidates), _xyz(truth), radius, voxel),
     )

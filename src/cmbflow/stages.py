@@ -20,8 +20,8 @@ import pandas as pd
 from cmbflow import __version__, anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
-from cmbflow.derivatives import bids_uri, sidecar
-from cmbflow.detections import STAGE1_SUFFIX, mimic_flags, read_detections, superseded, write_detections
+from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE, SWI, bids_uri, sidecar
+from cmbflow.detections import mimic_flags, read_detections, superseded, write_detections
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
 from cmbflow.image import (
@@ -315,14 +315,11 @@ def run_stage1(
     has_phase = phase_path.exists()
     out = Path(out_dir) / label / "anat" / label
     out.parent.mkdir(parents=True, exist_ok=True)
-    n4, mask, hpphase = (f"{out}_{name}" for name in
-                         ("part-mag_desc-n4_T2starw", "desc-brain_mask", "part-phase_desc-hpphase_T2starw"))
+    n4, mask, hpphase, swi, table = (f"{out}{end}" for end in (N4_MAGNITUDE, BRAIN_MASK, HPPHASE, SWI, STAGE1_TABLE))
     bias_correct(f"{raw}_part-mag_T2starw.nii.gz", echo, f"{n4}.nii.gz", f"{n4}.json", label)
     make_brain_mask(f"{n4}.nii.gz", None, f"{mask}.nii.gz", f"{mask}.json", label)
     if has_phase:
         preprocess_phase(f"{n4}.nii.gz", phase_path, f"{mask}.nii.gz", echo, f"{hpphase}.nii.gz", f"{hpphase}.json",
-                         f"{out}_desc-swi_T2starw.nii.gz", f"{out}_desc-swi_T2starw.json", phase_params, label)
-    table = f"{out}{STAGE1_SUFFIX}"
-    detect_candidates(f"{n4}.nii.gz", f"{mask}.nii.gz", f"{hpphase}.nii.gz" if has_phase else None, table,
-                      table.removesuffix(".tsv") + ".json", candidate_params, phase_params.paramagnetic_sign,
-                      device, label)
+                         f"{swi}.nii.gz", f"{swi}.json", phase_params, label)
+    detect_candidates(f"{n4}.nii.gz", f"{mask}.nii.gz", f"{hpphase}.nii.gz" if has_phase else None, f"{table}.tsv",
+                      f"{table}.json", candidate_params, phase_params.paramagnetic_sign, device, label)

@@ -22,7 +22,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
-from cmbflow.detections import STAGE1_SUFFIX, superseded
+from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE
+from cmbflow.detections import superseded
 from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
 from cmbflow.image import atomic_path, voxel_sizes, write_json
 from cmbflow.model import CandidateNet, Classifier, ModelSpec, ResidualNet, load_model, save_model
@@ -61,11 +62,11 @@ class ScanOutputs:
 
     @classmethod
     def find(cls, stage1: Path) -> ScanOutputs:
-        prefix = stage1.name.removesuffix(STAGE1_SUFFIX)
+        prefix = stage1.name.removesuffix(f"{STAGE1_TABLE}.tsv")
         folder = stage1.parent
-        hpphase = folder / f"{prefix}_part-phase_desc-hpphase_T2starw.nii.gz"
-        return cls(prefix, stage1, folder / f"{prefix}_part-mag_desc-n4_T2starw.nii.gz",
-                   folder / f"{prefix}_desc-brain_mask.nii.gz", hpphase if hpphase.exists() else None)
+        hpphase = folder / f"{prefix}{HPPHASE}.nii.gz"
+        return cls(prefix, stage1, folder / f"{prefix}{N4_MAGNITUDE}.nii.gz", folder / f"{prefix}{BRAIN_MASK}.nii.gz",
+                   hpphase if hpphase.exists() else None)
 
 
 def scan_patches(
@@ -102,7 +103,7 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
     """
     derivatives_dir, truth_dir = Path(derivatives_dir), Path(truth_dir)
     parts: dict[str, list] = {"patches": [], "features": [], "label": [], "kind": [], "has_phase": [], "scan": []}
-    for stage1 in sorted(derivatives_dir.rglob(f"*{STAGE1_SUFFIX}")):
+    for stage1 in sorted(derivatives_dir.rglob(f"*{STAGE1_TABLE}.tsv")):
         scan = ScanOutputs.find(stage1)
         table, patches, voxel = scan_patches(scan, paramagnetic_sign)
         if patches.shape[1] == 1:
@@ -117,7 +118,7 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
         parts["has_phase"].append(np.full(len(table), scan.hpphase is not None))
         parts["scan"].append(np.full(len(table), scan.prefix))
     if not parts["scan"]:
-        raise FileNotFoundError(f"no stage-1 tables (*{STAGE1_SUFFIX}) under {derivatives_dir}")
+        raise FileNotFoundError(f"no stage-1 tables (*{STAGE1_TABLE}.tsv) under {derivatives_dir}")
     arrays = {key: np.concatenate(value) for key, value in parts.items()}
     with atomic_path(out_npz) as tmp:
         np.savez_compressed(tmp, **arrays)
@@ -304,7 +305,7 @@ def score_scans(
     """
     stage1_dir, truth_dir = Path(stage1_dir), Path(truth_dir)
     scored: dict[str, dict[str, list[ScanScores]]] = {name: {"phase": [], "magnitude_only": []} for name in models}
-    for stage1 in sorted(stage1_dir.rglob(f"*{STAGE1_SUFFIX}")):
+    for stage1 in sorted(stage1_dir.rglob(f"*{STAGE1_TABLE}.tsv")):
         scan = ScanOutputs.find(stage1)
         table, patches, voxel = scan_patches(scan, paramagnetic_sign)
         truth = pd.read_csv(truth_dir / stage1.parent.relative_to(stage1_dir) / f"{scan.prefix}{TRUTH_SUFFIX}", sep="\t")
