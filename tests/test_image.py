@@ -6,6 +6,7 @@ import pytest
 
 from cmbflow.errors import InputError
 from cmbflow.image import (
+    atomic_path,
     b0_direction_voxel,
     check_same_grid,
     ijk_to_xyz,
@@ -112,3 +113,14 @@ def test_grid_mismatch(tmp_path):
 def test_written_files_get_normal_permissions(tmp_path):
     save_image(np.ones((3, 3, 3)), np.eye(4), tmp_path / "a.nii.gz")
     assert (tmp_path / "a.nii.gz").stat().st_mode & 0o044 == 0o044
+
+
+def test_a_killed_write_leaves_a_hidden_file_that_the_next_write_removes(tmp_path):
+    target = tmp_path / "sub-001_desc-cmb_detections.tsv"
+    killed = atomic_path(target)  # entered and never left, as under SIGKILL
+    killed.__enter__().write_text("half")
+    assert not target.exists() and len(list(tmp_path.iterdir())) == 1
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+    assert target.read_text() == "whole"

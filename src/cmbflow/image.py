@@ -6,6 +6,7 @@ order or orientation.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
@@ -188,12 +189,15 @@ def read_sidecar(image_path: str | Path, *, subject: str | None = None) -> dict:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
-    A killed or failed step therefore never leaves a half-written output behind.
+    A failed step therefore never leaves a half-written output behind. A killed one (SIGKILL, a
+    lost node) leaves its hidden temporary file, which the step removes when it runs again.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=suffix, dir=path.parent)
+    prefix, suffix = f".{path.name.split('.')[0]}.", ".partial" + "".join(path.suffixes)
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any file
