@@ -8,11 +8,12 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from cmbflow import anat, phase
 from cmbflow.errors import InputError
 from cmbflow.image import voxel_sizes
-from cmbflow.model import VARIANTS, load_classifier, packaged_model_dir
+from cmbflow.model import VARIANTS, CandidateNet, Classifier, ModelSpec, load_classifier, packaged_model_dir
 from cmbflow.candidates import find_candidates
 from cmbflow.patches import PATCH_SIZE, candidate_features, candidate_patches, n_features
 from cmbflow.simulate import sample_subject_params, simulate_subject
@@ -29,17 +30,51 @@ def test_packaged_models_are_safetensors_with_a_card():
         assert 0 < card["models"][variant]["threshold"] < 1
 
 
+def test_packaged_card_names_licence_limits_and_weights_checksums():
+    from cmbflow.model_card import sha256
+
+    folder = packaged_model_dir()
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["license"].startswith("MIT") and "not a medical device" in card["intended_use"].lower()
+    assert any("no annotated real data" in item.lower() for item in card["limitations"])
+    assert card["weights_sha256"] == {name: sha256(folder / model["weights"]) for name, model in card["models"].items()}
+    assert card["weights_sha256"]["phase"] in (folder / "MODEL_CARD.md").read_text()
+
+
 def test_classifier_per_subject_and_output_shapes():
     with_phase, without = load_classifier(None, has_phase=True), load_classifier(None, has_phase=False)
     assert (with_phase.variant, without.variant) == ("phase", "magnitude")
     patch = (PATCH_SIZE,) * 3
     probability = with_phase.predict(np.ones((5, 2, *patch), np.float32), np.zeros((5, n_features(True)), np.float32))
     assert probability.shape == (5,) and ((probability >= 0) & (probability <= 1)).all()
-    empty = without.predict(np.zeros((0, 1, *patch), np.float32), np.zeros((0, n_features(False)), np.float32))
-    assert empty.shape == (0,)
+    _, sd = with_phase.predict_with_spread(np.ones((5, 2, *patch), np.float32),
+                                           np.zeros((5, n_features(True)), np.float32))
+    assert sd.shape == (5,) and ((sd >= 0) & (sd <= 0.5)).all()
+    empty = without.predict_with_spread(np.zeros((0, 1, *patch), np.float32),
+                                        np.zeros((0, n_features(False)), np.float32))
+    assert [a.shape for a in empty] == [(0,), (0,)]
     with pytest.raises(ValueError, match="channels"):
         without.predict(np.ones((1, 2, *patch), np.float32), np.zeros((1, n_features(False)), np.float32))
     assert load_classifier(None, has_phase=True, threshold=0.9).threshold == 0.9
+
+
+def test_spread_across_members_is_zero_when_they_agree_and_positive_when_they_disagree():
+    torch.manual_seed(0)
+    spec = ModelSpec(in_channels=1, n_features=2, members=2)
+    disagree = CandidateNet(spec).eval()  # members initialised from different seeds
+    agree = CandidateNet(spec).eval()
+    agree.members[1].load_state_dict(agree.members[0].state_dict())
+    rng = np.random.default_rng(0)
+    patches = rng.normal(size=(6, 1, PATCH_SIZE, PATCH_SIZE, PATCH_SIZE)).astype(np.float32)
+    features = rng.normal(size=(6, 2)).astype(np.float32)
+    probability, sd = Classifier(agree, 0.5, "magnitude").predict_with_spread(patches, features)
+    assert sd.shape == (6,) and np.allclose(sd, 0) and ((probability > 0) & (probability < 1)).all()
+    probability, sd = Classifier(disagree, 0.5, "magnitude").predict_with_spread(patches, features)
+    assert (sd > 0).all()
+    with torch.no_grad():  # two members: the standard deviation is half their difference
+        members = torch.sigmoid(disagree.member_logits(torch.from_numpy(patches), torch.from_numpy(features)))
+    np.testing.assert_allclose(sd, (members[0] - members[1]).abs().numpy() / 2, rtol=1e-5)
+    np.testing.assert_array_equal(probability, Classifier(disagree, 0.5, "magnitude").predict(patches, features))
 
 
 def test_model_dir_without_card_is_a_clear_error(tmp_path):

@@ -20,6 +20,11 @@ CORE_COLUMNS: dict[str, dict[str, str]] = {
     "j": {"Description": "Voxel index along the second array axis (0-based)"},
     "k": {"Description": "Voxel index along the third array axis (0-based)"},
     "probability": {"Description": "Probability that the detection is a cerebral microbleed", "Units": "arbitrary"},
+    "probability_sd": {"Description": "Uncertainty of probability: standard deviation, across the classifier's "
+                       "networks (ensemble members), of each network's own probability; 0 for a one-network model. "
+                       "On the probability scale rather than the logits', so that members agreeing a candidate is "
+                       "certain (logits 8 and 15) show no spread and disagreement near the threshold does",
+                       "Units": "arbitrary"},
     "radius_mm": {"Description": "Apparent radius of the dark region (blooming included)", "Units": "mm"},
     "volume_mm3": {"Description": "Apparent volume of the dark region", "Units": "mm^3"},
 }

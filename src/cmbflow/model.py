@@ -8,6 +8,7 @@ package (``cmbflow/models``): ``phase`` (magnitude + high-pass phase) and ``magn
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -127,8 +128,12 @@ class CandidateNet(nn.Module):
         self.spec = spec
         self.members = nn.ModuleList(ResidualNet(spec) for _ in range(spec.members))
 
+    def member_logits(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Each member's logits, (members, N)."""
+        return torch.stack([member(x, features) for member in self.members])
+
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.stack([member(x, features) for member in self.members]).mean(dim=0)
+        return self.member_logits(x, features).mean(dim=0)
 
 
 def save_model(model: CandidateNet, path: str | Path) -> None:
@@ -157,21 +162,34 @@ class Classifier:
     model: CandidateNet
     threshold: float
     variant: str
+    weights_sha256: str | None = None  # of its weights file (in every sidecar); None for a model in memory
 
-    @torch.no_grad()
     def predict(self, patches: npt.NDArray[np.float32], features: npt.NDArray[np.float32] | None = None,
                 device: torch.device | str = "cpu", batch_size: int = 256) -> npt.NDArray[np.float64]:
         """Microbleed probability of each candidate from its patch (n, C, S, S, S) and features (n, F)."""
+        return self.predict_with_spread(patches, features, device, batch_size)[0]
+
+    @torch.no_grad()
+    def predict_with_spread(
+        self, patches: npt.NDArray[np.float32], features: npt.NDArray[np.float32] | None = None,
+        device: torch.device | str = "cpu", batch_size: int = 256,
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Microbleed probability of each candidate (sigmoid of the members' mean logit) and the
+        standard deviation of the members' own probabilities (0 with one member)."""
         if patches.shape[1] != self.model.spec.in_channels:
             raise ValueError(f"{self.variant} model takes {self.model.spec.in_channels} channels, "
                              f"got {patches.shape[1]}")
         model = self.model.to(device)
-        out = []
+        probability, spread = [], []
         for i in range(0, len(patches), batch_size):
             x = torch.from_numpy(patches[i:i + batch_size]).to(device)
             f = None if features is None else torch.from_numpy(features[i:i + batch_size]).to(device)
-            out.append(torch.sigmoid(model(x, f)).cpu())
-        return torch.cat(out).double().numpy() if out else np.zeros(0)
+            logits = model.member_logits(x, f)
+            probability.append(torch.sigmoid(logits.mean(dim=0)).cpu())
+            spread.append(torch.sigmoid(logits).std(dim=0, correction=0).cpu())
+        if not probability:
+            return np.zeros(0), np.zeros(0)
+        return torch.cat(probability).double().numpy(), torch.cat(spread).double().numpy()
 
 
 def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: float | None = None) -> Classifier:
@@ -185,6 +203,15 @@ def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: fl
     if not card_path.is_file():
         raise InputError("model card not found", path=card_path, fix="point classifier.model_dir at a trained model")
     card = json.loads(card_path.read_text())
-    model = load_model(folder / card["models"][variant]["weights"])
     chosen = card["models"][variant]["threshold"] if threshold is None else threshold
-    return Classifier(model, float(chosen), variant)
+    weights = folder / card["models"][variant]["weights"]
+    return Classifier(load_model(weights), float(chosen), variant, sha256(weights))
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,7 +1,10 @@
 """The model card: what the classifier was trained on, how, and how well it did on validation.
 
 ``model_card.json`` sits next to the weights and is what inference reads (each model's
-threshold); ``MODEL_CARD.md`` is the same for people, with the FROC plot beside it.
+threshold and weights file); ``MODEL_CARD.md`` is the same for people, with the FROC plot beside
+it. Every card also carries the static text below (licence, intended use, limitations) and the
+SHA-256 of each weights file, so a retrained card says the same; :func:`restamp_card` rewrites
+that text in an existing card without retraining.
 """
 
 from __future__ import annotations
@@ -17,10 +20,76 @@ import torch
 from cmbflow import __version__
 from cmbflow.evaluate import plot_froc
 from cmbflow.image import atomic_path, write_json
+from cmbflow.model import MODEL_CARD, VARIANTS, sha256
 from cmbflow.patches import PATCH_MM, PATCH_SIZE
 from cmbflow.training import validate_models
 
 _REPO = Path(__file__).resolve().parents[2]
+
+LICENSE = "MIT, the same licence as cmbflow's code (see LICENSE in the repository)"
+
+INTENDED_USE = (
+    "Research use: finding and counting cerebral microbleeds in cohorts of gradient-echo (T2*w/SWI) scans, "
+    "as cmbflow's stage-2 classifier of its stage-1 candidates, on the magnitude and, when present, the phase. "
+    "Not a medical device: not for diagnosis, screening or any clinical decision about a patient"
+)
+
+LIMITATIONS = [
+    "Trained, validated and tested on simulated scans only. No annotated real data was used for training, "
+    "for choosing the thresholds or for measuring performance (one real GRE crop without microbleeds served "
+    "only as a check for false calls).",
+    "Performance on real scans has not been measured. Every simulated head is the same MNI152 brain; real "
+    "cohorts differ in anatomy, pathology, artefacts, vendors and reconstructions.",
+    "Coarse voxels: trained on 0.5-1 mm in-plane voxels. Coarser scans (in-plane over 1 mm or slices over "
+    "3 mm) get more false calls, most of all without phase; cmbflow's QC pages warn about such scans.",
+    "Without phase the magnitude-only model is weaker: calcifications look like microbleeds on magnitude "
+    "and are most of its false positives. Give it the phase images whenever the scanner saved them.",
+    "The thresholds and the design (number of networks, one call per lesion) were chosen on the "
+    "validation cohort, so its figures are optimistic; see the held-out figures where the card has them.",
+]
+
+#: Figures measured for one set of weights on a simulated cohort that chose nothing (seed 5000;
+#: benchmarks/RESULTS.md, 2026-11-26). A card gets them only when its weights are these exact
+#: files, so a retrained card never carries another model's figures.
+HELD_OUT_TEST = {
+    "weights_sha256": {
+        "phase": "ce2ecbdf4d222ffe09efc4bb6603aae8e87abc249c9013bc5462af5e5a8b06c0",
+        "magnitude": "d976f45f0f9a34e4bfb85c24c0b5d5a993796ef144592b6ab400309e41ee9264",
+    },
+    "measured": "2026-11-26",
+    "cohort": {"preset": "diverse", "seed": 5000, "subjects": 20, "microbleeds": 176, "scans_without_phase": 3,
+               "note": "simulated for this check and never used to choose anything; scored at the card's thresholds, "
+                       "one call per lesion"},
+    "candidate_recall": 0.983,
+    "models": {
+        "phase": {"phase": {"scans": 17, "microbleeds": 160, "sensitivity": 0.906, "precision": 0.942,
+                            "fp_per_scan": 0.53, "froc": [0.906, 0.944, 0.950, 0.963]}},
+        "magnitude": {
+            "all": {"scans": 20, "microbleeds": 176, "sensitivity": 0.830, "precision": 0.802,
+                    "fp_per_scan": 1.80, "froc": [0.761, 0.807, 0.835, 0.932]},
+            "magnitude_only": {"scans": 3, "microbleeds": 16, "sensitivity": 0.750, "precision": 0.750,
+                               "fp_per_scan": 1.33, "froc": [0.688, 0.688, 0.875, 0.875]},
+        },
+    },
+    "notes": [
+        "On the workflow tests' magnitude-only subject at 1.5x1.5x2.5 mm the magnitude-only model made 23 faint "
+        "false calls (contrast 0.28-0.47, about one voxel across); the two subjects with phase had none.",
+    ],
+}
+
+#: FP-per-scan points of the FROC columns, in the order of HELD_OUT_TEST's "froc" lists.
+FROC_POINTS = ("0.5", "1.0", "2.0", "4.0")
+_GROUP_ORDER = ("all", "phase", "magnitude_only")
+
+
+def static_sections(weights_sha256: dict[str, str]) -> dict:
+    """The text every card carries, the weights' checksums and, for the weights it was measured on,
+    the held-out test figures."""
+    sections = {"license": LICENSE, "intended_use": INTENDED_USE, "limitations": list(LIMITATIONS),
+                "weights_sha256": dict(weights_sha256)}
+    if weights_sha256 == HELD_OUT_TEST["weights_sha256"]:
+        sections["held_out_test"] = {k: v for k, v in HELD_OUT_TEST.items() if k != "weights_sha256"}
+    return sections
 
 
 def code_version() -> str:
@@ -33,9 +102,9 @@ def code_version() -> str:
     return f"{__version__}+git.{commit}" if commit else __version__
 
 
-def build_card(models: dict, history: dict, training: dict) -> dict:
+def build_card(models: dict, history: dict, training: dict, weights_sha256: dict[str, str]) -> dict:
     """The model card's content (JSON-ready)."""
-    return {
+    return static_sections(weights_sha256) | {
         "name": "cmbflow CandidateNet (stage-2 microbleed classifier)",
         "code_version": code_version(),
         "created": datetime.date.today().isoformat(),
@@ -50,8 +119,6 @@ def build_card(models: dict, history: dict, training: dict) -> dict:
         },
         "validation_cohort": {"preset": "diverse", "subjects": training["validation_subjects"],
                               "seed": training["validation_seed"], "note": "never trained on; thresholds chosen on it"},
-        "intended_use": "ranking and calling microbleed candidates of cmbflow's stage 1 on GRE/SWI magnitude "
-                        "(and phase); trained on simulated scans only",
     }
 
 
@@ -62,29 +129,67 @@ def _training_summary(history: dict) -> dict:
         "final_loss": [epoch["loss"] for epoch in history["epochs"] if epoch["epoch"] == last_epoch]}
 
 
+def _ordered(names, order) -> list:
+    """``names`` in ``order`` first, then any others as they come."""
+    names = list(names)
+    return [n for n in order if n in names] + [n for n in names if n not in order]
+
+
 def _markdown(card: dict) -> str:
+    models = {name: card["models"][name] for name in _ordered(card["models"], VARIANTS)}
     lines = [
         f"# {card['name']}", "",
         f"Code {card['code_version']}, created {card['created']} ({card['machine']}).",
         f"Patches: {card['patch']['extent_mm']:g} mm cubes on a {card['patch']['size']}^3 world-aligned grid.", "",
+        f"**Licence:** {card['license']}.", "",
+        f"**Intended use:** {card['intended_use']}.", "",
+        "## Limitations", "",
+        *[f"- {item}" for item in card["limitations"]], "",
+        "## Validation", "",
         (f"Trained on {card['training']['cohort']['subjects']} simulated scans (preset `training`, seed "
          f"{card['training']['cohort']['seed']}); validated on {card['validation_cohort']['subjects']} other scans "
          f"(preset `diverse`, seed {card['validation_cohort']['seed']}), never trained on."), "",
         "| model | scans | threshold | microbleeds | sensitivity | precision | FP/scan | FROC @0.5 | @1 | @2 | @4 |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, model in card["models"].items():
-        for group, report in model["validation"].items():
+    for name, model in models.items():
+        for group in _ordered(model["validation"], _GROUP_ORDER):
+            report = model["validation"][group]
             m, froc = report["at_threshold"], report["froc_sensitivity_at_fp_per_scan"]
             lines.append(
                 f"| {name} | {group} ({report['scans']}) | {model['threshold']:.3f} | {int(m['lesions'])} | "
                 f"{m['sensitivity']:.3f} | {m['precision']:.3f} | {m['fp_per_scan']:.2f} | "
-                + " | ".join(f"{froc[k]:.3f}" for k in ("0.5", "1.0", "2.0", "4.0")) + " |"
+                + " | ".join(f"{froc[k]:.3f}" for k in FROC_POINTS) + " |"
             )
-    lines += ["", "Thresholds: " + "; ".join(f"{n}: {m['threshold_chosen_for']}" for n, m in card["models"].items()),
-              "", "Training:", "```json", json.dumps(card["training"], indent=2), "```", "",
-              f"Intended use: {card['intended_use']}.", "", "![FROC](froc.png)", ""]
+    lines += ["", "Thresholds: " + "; ".join(f"{n}: {m['threshold_chosen_for']}" for n, m in models.items()), ""]
+    if "held_out_test" in card:
+        lines += _held_out_markdown(card["held_out_test"], models)
+    lines += ["## Weights", "", "| model | file | SHA-256 |", "|---|---|---|"]
+    lines += [f"| {name} | `{model['weights']}` | `{card['weights_sha256'].get(name, 'n/a')}` |"
+              for name, model in models.items()]
+    lines += ["", "## Training", "", "```json", json.dumps(card["training"], indent=2), "```", "",
+              "![FROC](froc.png)", ""]
     return "\n".join(lines)
+
+
+def _held_out_markdown(test: dict, models: dict) -> list[str]:
+    cohort = test["cohort"]
+    lines = [
+        "## Held-out test cohort", "",
+        (f"{cohort['subjects']} simulated scans (preset `{cohort['preset']}`, seed {cohort['seed']}, "
+         f"{cohort['microbleeds']} microbleeds, {cohort['scans_without_phase']} scans without phase), "
+         f"{cohort['note']}; measured {test['measured']} for these weights. Candidate recall "
+         f"{test['candidate_recall']:.3f}."), "",
+        "| model | scans | microbleeds | sensitivity | precision | FP/scan | FROC @0.5 | @1 | @2 | @4 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in _ordered(test["models"], list(models)):
+        for group in _ordered(test["models"][name], _GROUP_ORDER):
+            m = test["models"][name][group]
+            lines.append(f"| {name} | {group} ({m['scans']}) | {m['microbleeds']} | {m['sensitivity']:.3f} | "
+                         f"{m['precision']:.3f} | {m['fp_per_scan']:.2f} | "
+                         + " | ".join(f"{v:.3f}" for v in m["froc"]) + " |")
+    return lines + [""] + [f"{note}" for note in test.get("notes", [])] + [""]
 
 
 def write_model_card(card: dict, out_json: str | Path, out_md: str | Path, out_png: str | Path) -> None:
@@ -108,5 +213,24 @@ def validate_and_write_card(
 ) -> None:
     """Score the validation cohort with each model, choose thresholds, and write the model card."""
     models = validate_models(weights, stage1_dir, truth_dir, training["max_fp_per_scan"], paramagnetic_sign, device)
-    card = build_card(models, json.loads(Path(history_json).read_text()), training)
+    checksums = {name: sha256(path) for name, path in weights.items()}
+    card = build_card(models, json.loads(Path(history_json).read_text()), training, checksums)
     write_model_card(card, out_json, out_md, out_png)
+
+
+def restamp_card(model_dir: str | Path) -> dict:
+    """Bring an existing card's static text and checksums up to date, without retraining.
+
+    Reads ``model_card.json`` in ``model_dir``, replaces the licence, intended use, limitations,
+    weights checksums (from the weights files beside it) and held-out figures, and rewrites the JSON
+    and ``MODEL_CARD.md``. The measured figures, the weights and the FROC plot are left as they are.
+    """
+    folder = Path(model_dir)
+    card = json.loads((folder / MODEL_CARD).read_text())
+    checksums = {name: sha256(folder / model["weights"]) for name, model in card["models"].items()}
+    card.pop("held_out_test", None)  # kept only when the weights are the ones it was measured on
+    card |= static_sections(checksums)
+    with atomic_path(folder / "MODEL_CARD.md") as tmp:
+        Path(tmp).write_text(_markdown(card))
+    write_json(card, folder / MODEL_CARD)
+    return card

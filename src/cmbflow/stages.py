@@ -167,13 +167,14 @@ def detect_candidates(
     device: str,
     label: str,
 ) -> None:
-    """Stage 1: every candidate with its features (not yet classified: probability n/a)."""
+    """Stage 1: every candidate with its features (not yet classified: probability and its sd n/a)."""
     img = load_image(image, subject=label)
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
     torch_device = resolve_device(device)
     table = find_candidates(img, _mask(mask, label), hp, params, device=torch_device,
                             paramagnetic_sign=paramagnetic_sign)
     table.insert(6, "probability", np.nan)
+    table.insert(7, "probability_sd", np.nan)
     log.info("%s: %d candidates on %s", label, len(table), torch_device)
     write_detections(
         table, out_tsv, out_json,
@@ -184,7 +185,7 @@ def detect_candidates(
 
 
 #: Sidecar fields of the classified table that say how the calls were made (kept by locate).
-CLASSIFIER_FIELDS = ("Classifier", "ProbabilityThreshold", "Device")
+CLASSIFIER_FIELDS = ("Classifier", "ProbabilityThreshold", "Device", "ClassifierWeightsSHA256")
 
 
 def classify_candidates(
@@ -213,13 +214,13 @@ def classify_candidates(
     patches = candidate_patches(img.get_fdata(dtype=np.float32), _mask(mask, label), img.affine, centres, hp,
                                 paramagnetic_sign)
     features = candidate_features(table, with_phase=hp is not None)
-    table["probability"] = classifier.predict(patches, features, torch_device)
+    table["probability"], table["probability_sd"] = classifier.predict_with_spread(patches, features, torch_device)
     table["superseded"] = superseded(centres, table["probability"])
     table["is_cmb"] = (table["probability"] >= classifier.threshold) & ~table["superseded"]
     log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",
              label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)
     about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
-                                         torch_device.type)))
+                                         torch_device.type, classifier.weights_sha256)))
     write_detections(
         table, out_tsv, out_json,
         description="Microbleed candidates with features and the classifier's probability",
