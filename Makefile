@@ -1,11 +1,12 @@
 # Quick start: `make demo` (set-up + a demo run on simulated data) and `make test`.
+# `make test-fast` (unit tests and dry runs, a few minutes) is the development loop.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 CORES ?= 2
 DEMO ?= demo
 
-.PHONY: demo test lint bench clean-demo
+.PHONY: demo test test-fast system-deps lint bench wheel image clean-demo
 
 # torch first, pinned: the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -22,14 +23,40 @@ demo: $(BIN)/.installed
 	$(BIN)/cmbflow show $(DEMO)/derivatives
 	$(BIN)/cmbflow evaluate $(DEMO)/bids/derivatives/simulation $(DEMO)/derivatives
 
-test: $(BIN)/.installed
+# The whole suite, as CI runs it: with the system packages its cluster and browser tests use.
+test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not workflow or dryrun"
+
+# Debian packages of the tests: a one-node SLURM cluster (tests/slurm_cluster.py) and headless
+# Chromium (report pages). Installed when missing, as root; elsewhere those tests skip.
+SLURM_PROGRAMS := slurmctld slurmd sbatch squeue scontrol scancel munged
+system-deps:
+	@if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "system-deps: not root or no apt-get; the SLURM and browser tests will skip"; exit 0; fi; \
+	export PATH="$$PATH:/usr/sbin" DEBIAN_FRONTEND=noninteractive; updated=; \
+	for p in $(SLURM_PROGRAMS); do command -v $$p >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && updated=1 && \
+		apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge; fi; \
+	if ! command -v chromium >/dev/null; then [ -n "$$updated" ] || apt-get update -qq; \
+		apt-get install -y -qq chromium; fi
 
 lint: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/test_workflow.py -k lint
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_subject.py
+
+# The wheel (workflow inside, version from the git tag) and the CPU container image (Dockerfile;
+# a CUDA build: docs/install.md).
+IMAGE ?= cmbflow:dev
+wheel: $(BIN)/.installed
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
+image:
+	docker build -t $(IMAGE) .
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -18,6 +18,9 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 report: "report/workflow.rst"  # snakemake --report: the QC figures of rules/report.smk
 
 
+container: "docker://ghcr.io/cmbflow/cmbflow:0.2.0"  # --software-deployment-method apptainer: docs/install.md
+
+
 include: "rules/common.smk"
 include: "rules/anat.smk"
 include: "rules/phase.smk"
@@ -30,7 +33,19 @@ include: "rules/report.smk"
 include: "rules/partial.smk"
 
 
+rule participant:  # the selected subjects' outputs: cmbflow ... participant --participant-label
+    input:
+        participant_outputs,
+
+
+rule group:  # the cohort tables and report: cmbflow ... group
+    input:
+        group_outputs,
+
+
 rule all:
     default_target: True
     input:
-        analysis_outputs,  # rules/common.smk: stops with one line without bids_dir/output_dir
+        rules.dataset_description.output,
+        participant_outputs,
+        group_outputs,

@@ -1,10 +1,11 @@
 """FRST, stage 1 and stage 2 of one subject on each device (CPU, CUDA), from its workflow outputs.
 
-    python benchmarks/bench_devices.py ANAT_DIR [--device cpu cuda] [--repeats 3] [--threads T]
+    python benchmarks/bench_devices.py ANAT_DIR [--stage1-dir DIR] [--device cpu cuda] [--repeats 3] [--threads T]
 
 ANAT_DIR is one subject's output folder from a run with ``--notemp`` (``cmbflow BIDS OUT
-participant --until candidates --notemp`` is enough): its bias-corrected magnitude, brain mask,
-stage-1 table and, if the subject has phase, high-pass phase. Times, per device: the FRST alone,
+participant --until candidates --notemp`` is enough): its bias-corrected magnitude, brain mask
+and, if the subject has phase, high-pass phase. The stage-1 table is an intermediate file, in the
+same subject's folder under the work folder (``--stage1-dir``, default OUT/work/sub-X/anat). Times, per device: the FRST alone,
 the whole of stage 1 (``find_candidates``), classification of the subject's candidates by the
 shipped model, and one training epoch on those patches (arbitrary labels: this times the
 optimiser, not the model). Patch extraction runs on the CPU whatever the device. Each figure is the
@@ -54,6 +55,7 @@ def median_seconds(run: Callable[[], object], repeats: int, device: str) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("anat_dir", type=Path)
+    parser.add_argument("--stage1-dir", type=Path, help="where the stage-1 table is (default: under OUT/work)")
     parser.add_argument("--device", nargs="+", choices=["cpu", "cuda"], default=["cpu"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
@@ -61,7 +63,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    [stage1] = sorted(args.anat_dir.glob("*_desc-stage1_detections.tsv"))
+    anat = args.anat_dir.resolve()  # OUT/sub-X[/ses-Y]/anat -> OUT/work/sub-X[/ses-Y]/anat
+    subject_root = next(p for p in anat.parents if p.name.startswith("sub-"))
+    stage1_dir = args.stage1_dir or subject_root.parent / "work" / anat.relative_to(subject_root.parent)
+    [stage1] = sorted(stage1_dir.glob("*_desc-stage1_detections.tsv"))
     prefix = stage1.name.removesuffix("_desc-stage1_detections.tsv")
     image = nib.load(args.anat_dir / f"{prefix}_part-mag_desc-n4_T2starw.nii.gz")
     magnitude = image.get_fdata(dtype=np.float32)

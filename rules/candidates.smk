@@ -7,8 +7,8 @@ rule candidates:
         unpack(candidate_inputs),
         mask=rules.brain_mask.output.mask,
     output:
-        tsv=temp(out(desc="stage1", suffix="detections.tsv")),
-        json=temp(out(desc="stage1", suffix="detections.json")),
+        tsv=temp(work(desc="stage1", suffix="detections.tsv")),
+        json=temp(work(desc="stage1", suffix="detections.json")),
     params:
         label=label,
         device=CFG.device,

@@ -8,8 +8,8 @@ rule classify:
         stage1=rules.candidates.output.tsv,
         mask=rules.brain_mask.output.mask,
     output:
-        tsv=temp(out(desc="classified", suffix="detections.tsv")),
-        json=temp(out(desc="classified", suffix="detections.json")),
+        tsv=temp(work(desc="classified", suffix="detections.tsv")),
+        json=temp(work(desc="classified", suffix="detections.json")),
     params:
         label=label,
         device=CFG.device,

@@ -3,28 +3,18 @@ import snakebids
 from snakebids import bids
 
 from cmbflow.config import load_config, require_dataset
+from cmbflow.derivatives import write_run_config
 from cmbflow.errors import InputError
-from cmbflow.inputs import collect_subject_inputs
+from cmbflow.inputs import collect_subject_inputs, find_files
 
 snakebids.set_bids_spec("v0_15_0")  # BIDS entity order (part- before desc-)
 CFG = load_config(config, need_dataset=False)  # snakemake train needs no dataset
 OUT = str(CFG.output_dir)
+WORK = str(CFG.work_dir or f"{OUT}/work")
 
 
 def _discover():
-    dataset = snakebids.generate_inputs(
-        bids_dir=CFG.bids_dir,
-        pybids_inputs={name: spec.model_dump() for name, spec in CFG.pybids_inputs.items()},
-        participant_label=CFG.participant_label or None,
-        exclude_participant_label=CFG.exclude_participant_label or None,
-        pybidsdb_dir=CFG.pybidsdb_dir,
-    )
-    rows = {name: [] for name in dataset}
-    for name, comp in dataset.items():
-        for values in zip(*comp.zip_lists.values()):
-            entities = dict(zip(comp.zip_lists, values))
-            rows[name].append(entities | {"path": comp.path.format(**entities)})
-    subjects = collect_subject_inputs(rows, CFG.echo)
+    subjects = collect_subject_inputs(find_files(CFG), CFG.echo, CFG.select.model_dump())
     if not subjects:
         wanted = f" for participant(s) {', '.join(CFG.participant_label)}" if CFG.participant_label else ""
         raise InputError(
@@ -32,29 +22,50 @@ def _discover():
             path=CFG.bids_dir,
             fix="check bids_dir, participant_label and the pybids_inputs filters in the config",
         )
+    for subject in subjects:  # which of several scans each result comes from, on every start
+        if subject.choice:
+            print(f"cmbflow: {subject.label}: {subject.choice}", file=sys.stderr)
     return {s.label: s for s in subjects}
 
 
 SUBJECTS = _discover() if CFG.bids_dir else {}
-HAS_SESSIONS = any(s.session for s in SUBJECTS.values())
-# Output wildcards: one job set per subject (and session); sessions only when the data have them.
-WILDCARDS = {"subject": "{subject}"} | ({"session": "{session}"} if HAS_SESSIONS else {})
+
+# A subject/session appears in paths as a folder (sub-02/ses-01/) and in file names
+# (sub-02_ses-01_...). Snakemake needs the outputs, log and benchmark of a rule to hold the same
+# wildcards, so where a dataset mixes subjects with and without sessions, the session is two
+# wildcards that may be empty, ses_dir (/ses-01 or empty) and ses_name (_ses-01 or empty), and a
+# session's files outside the subject folders (logs, benchmarks, report page) go in a ses-01/
+# subfolder. Datasets with sessions everywhere or nowhere keep plain names (cmbflow.inputs
+# SubjectInputs.wildcards has the values for all three).
+_SESSIONS = {s.session is not None for s in SUBJECTS.values()}
+if _SESSIONS == {True, False}:
+    FOLDER, NAME, FLAT = "sub-{subject}{ses_dir}", "sub-{subject}{ses_name}", "{ses_dir}"
+elif _SESSIONS == {True}:
+    FOLDER, NAME, FLAT = "sub-{subject}/ses-{session}", "sub-{subject}_ses-{session}", ""
+else:
+    FOLDER, NAME, FLAT = "sub-{subject}", "sub-{subject}", ""
 
 
 wildcard_constraints:
     subject="[a-zA-Z0-9]+",
     session="[a-zA-Z0-9]+",
+    ses_dir="(?:/ses-[a-zA-Z0-9]+)?",
+    ses_name="(?:_ses-[a-zA-Z0-9]+)?",
 
 
 def subject_of(wildcards):
     """The discovered inputs of the subject/session a job is for."""
-    label = f"sub-{wildcards.subject}" + (f"_ses-{wildcards.session}" if HAS_SESSIONS else "")
-    return SUBJECTS[label]
+    return SUBJECTS[NAME.format(**wildcards)]
 
 
 def out(datatype="anat", **entities):
     """A per-subject derivative path (snakebids naming) under output_dir."""
-    return bids(root=OUT, datatype=datatype, **WILDCARDS, **entities)
+    return f"{OUT}/{FOLDER}/{datatype}/{bids(prefix=NAME, **entities)}"
+
+
+def work(datatype="anat", **entities):
+    """A per-subject intermediate path under work_dir (for temp() files)."""
+    return f"{WORK}/{FOLDER}/{datatype}/{bids(prefix=NAME, **entities)}"
 
 
 def has_phase(wildcards):
@@ -80,11 +91,11 @@ def expand_subjects(pattern):
 
 def subject_file(ext, folder=""):
     """A per-subject file named sub-X[_ses-Y]{ext} in output_dir/folder (a report page at the top)."""
-    return f"{OUT}/{folder}sub-{{subject}}" + ("_ses-{session}" if HAS_SESSIONS else "") + ext
+    return f"{os.path.join(OUT, folder).rstrip('/')}{FLAT}/{NAME}{ext}"
 
 
 def _per_subject(folder, rule_name, ext):
-    return subject_file(ext, folder=f"{folder}/{rule_name}/")
+    return subject_file(ext, folder=f"{folder}/{rule_name}")
 
 
 def log_path(rule_name):
@@ -101,11 +112,16 @@ def label(wildcards):
     return subject_of(wildcards).label
 
 
-def analysis_outputs(wildcards):
-    """Targets of a normal run; stops here, with one line, when bids_dir or output_dir is missing."""
+def participant_outputs(wildcards):
+    """Every selected subject's outputs (its report needs all of them); stops here, with one line,
+    when bids_dir or output_dir is missing."""
     require_dataset(CFG)
-    return [*rules.dataset_description.output, *rules.cohort.output, *rules.cohort_report.output,
-            *expand_subjects(rules.subject_report.output.html)]
+    return expand_subjects(rules.subject_report.output.html)
+
+
+def group_outputs(wildcards):
+    require_dataset(CFG)
+    return [*rules.cohort.output, *rules.cohort_report.output]
 
 
 def phase_report_inputs(wildcards):
@@ -122,6 +138,11 @@ def report_sources(wildcards):
             "T1w": subject.t1w and str(subject.t1w)}
 
 
+def _report_labels(wildcards):
+    subject = subject_of(wildcards)
+    return {"subject": subject.subject} | ({"session": subject.session or ""} if True in _SESSIONS else {})
+
+
 def qc_figure(desc, subcategory, caption, **entities):
     """A per-subject QC figure, listed in `snakemake --report` under its subject (and session)."""
     return report(
@@ -129,5 +150,10 @@ def qc_figure(desc, subcategory, caption, **entities):
         caption=f"../report/{caption}.rst",
         category="Subject QC",
         subcategory=subcategory,
-        labels=dict(WILDCARDS),
+        labels=_report_labels,
     )
+
+
+onstart:  # once per run, in the main process (not per job, not on dry runs)
+    if CFG.bids_dir:
+        write_run_config(CFG.model_dump(mode="json"), f"{OUT}/logs")

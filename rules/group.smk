@@ -29,6 +29,17 @@ rule subject_summary:
         "../workflow_scripts/subject_summary.py"
 
 
+if CFG.analysis_level == "group":  # aggregate the subjects already processed, never start one
+    SUBJECTS = {
+        key: subject
+        for key, subject in SUBJECTS.items()
+        if all(os.path.exists(p.format(**subject.wildcards)) for p in rules.subject_summary.output + rules.locate.output)
+    }
+    if not SUBJECTS:
+        raise InputError("group: no subject has finished outputs yet", path=OUT,
+                         fix="run the participant level first")
+
+
 rule cohort:
     input:
         summaries=expand_subjects(rules.subject_summary.output[0]),

@@ -1,12 +1,12 @@
 # Where each candidate lies: MNI position through the subject's registration, and its
 # Microbleed Anatomical Rating Scale region from one label volume built once per run.
-from cmbflow.mars import ATLAS_NAME
+from cmbflow.mars import ATLAS_NAME, ATLAS_TABLE
 
 
 rule mars_atlas:
     output:
         image=f"{OUT}/atlas/{ATLAS_NAME}",
-        tsv=f"{OUT}/atlas/{ATLAS_NAME.removesuffix('.nii.gz')}.tsv",
+        tsv=f"{OUT}/atlas/{ATLAS_TABLE}",
     log:
         f"{OUT}/logs/mars_atlas.log",
     benchmark:

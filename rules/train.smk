@@ -9,7 +9,7 @@ COHORTS = {
     "validation": (CFG.training.validation_subjects, CFG.training.validation_seed, "diverse"),
 }
 # Jobs run the library from this checkout, installed or not.
-CMBFLOW = f"PYTHONPATH={workflow.basedir}/src python -m cmbflow.cli"
+CMBFLOW = f"PYTHONPATH={workflow.basedir}/src {sys.executable} -m cmbflow.cli"
 
 # The simulator numbers subjects from 001.
 STAGE1_SCANS = {

@@ -1,6 +1,6 @@
 """A real one-node SLURM cluster on this machine, for the workflow's cluster tests.
 
-Debian's SLURM and munge packages (installed with apt-get when missing), configured in a
+Debian's SLURM and munge packages (``make system-deps`` installs them), configured in a
 temporary folder that ``SLURM_CONF`` points at: one node (this host, its real core count and
 memory) with a fake GPU, no cgroups and no accounting database. The daemons run in the
 foreground as children of the test process, are stopped by PID, and also die with the test
@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 PROGRAMS = ["slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "munged"]
 PARTITION = "ci"
 # Jobs stay visible to squeue this long after they end: snakemake's squeue status checks need
@@ -38,24 +37,12 @@ def missing_programs() -> list[str]:
 
 
 def skip_reason() -> str | None:
-    """Why the cluster cannot run here, or None: it needs root, and SLURM installed or apt-get."""
+    """Why the cluster cannot run here, or None: it needs root and SLURM installed."""
     if os.geteuid() != 0:
-        return "a SLURM test cluster needs root (slurmd, munged as user munge, apt-get)"
-    if missing_programs() and shutil.which("apt-get") is None:
-        return f"SLURM is not installed ({', '.join(missing_programs())} missing) and apt-get is not available"
+        return "a SLURM test cluster needs root (slurmd, munged as user munge)"
+    if missing_programs():
+        return f"SLURM is not installed ({', '.join(missing_programs())} missing): run make system-deps"
     return None
-
-
-def install() -> None:
-    """Install Debian's SLURM and munge (no services are started by apt)."""
-    if not missing_programs():
-        return
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"],
-                ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
 
 def _free_port() -> int:

@@ -1,10 +1,10 @@
 """The workflow on a real SLURM cluster (one node on this machine) through profiles/slurm.
 
 Checks that every job goes through sbatch, that one subject costs at most two SLURM jobs (its
-CPU stages and its GPU stages), that the results equal a run on one machine, and that the ways
+preparation and its detection), that the results equal a run on one machine, and that the ways
 of recovering that the README promises work on the cluster: a broken subject, a killed
-snakemake, a subject added later. Needs root (it installs Debian's SLURM and munge with
-apt-get when they are missing, and runs slurmctld, slurmd and munged); skipped otherwise.
+snakemake, a subject added later. Needs root and Debian's SLURM and munge (`make system-deps`
+installs them); skipped otherwise.
 """
 
 import gzip
@@ -28,15 +28,17 @@ pytestmark = pytest.mark.workflow
 REPO = Path(__file__).resolve().parents[1]
 # Settings for this test cluster only, on top of profiles/slurm: it has no slurmdbd, so sacct
 # cannot report job states (squeue can, as finished jobs stay listed for MinJobAge); quick first
-# status check; the SLURM logs of successful jobs are kept so the tests can read them.
+# status check; the SLURM logs of successful jobs are kept so the tests can read them. A GPU for
+# the two rules that can use one, as profiles/slurm shows a site how to ask (the node's is fake:
+# the work runs on the CPU, device=cpu by default).
 CLUSTER_ONLY = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
-                "--slurm-keep-successful-logs"]
+                "--slurm-keep-successful-logs", "--set-resources", "candidates:gpu=1", "classify:gpu=1"]
 RUN_TIMEOUT_S = 1200
 
 # The per-subject SLURM jobs and their rules, as the profile groups them.
-GROUPS = [entry.split("=") for entry in yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["groups"]]
-CPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_cpu")
-GPU_RULES = tuple(rule for rule, group in GROUPS if group == "subject_gpu")
+GROUPS = [entry.split("=") for entry in yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())["groups"]]
+PREP_RULES = tuple(rule for rule, group in GROUPS if group == "subject_prep")
+DETECT_RULES = tuple(rule for rule, group in GROUPS if group == "subject_detect")
 # The jobs for the whole dataset; a rerun for some subjects redoes the cohort ones.
 COHORT_JOBS = {("cohort", None), ("cohort_report", None)}
 DATASET_JOBS = COHORT_JOBS | {("dataset_description", None), ("mars_atlas", None)}
@@ -44,7 +46,7 @@ HAS_PHASE = {"001": True, "002": False, "003": True}
 
 
 def subject_jobs(subject: str) -> set[tuple[str, str]]:
-    rules = [r for r in CPU_RULES + GPU_RULES if r != "phase_preproc" or HAS_PHASE[subject]]
+    rules = [r for r in PREP_RULES + DETECT_RULES if r != "phase_preproc" or HAS_PHASE[subject]]
     return {(rule, subject) for rule in rules}
 
 
@@ -84,7 +86,7 @@ class SlurmJob:
     """A SLURM job that snakemake submitted, with what slurmctld knows of it and what it ran."""
 
     id: str
-    kind: str  # the profile's group ("subject_cpu", "subject_gpu", "cohort"), else the rule
+    kind: str  # the profile's group ("subject_prep", "subject_detect", "cohort"), else the rule
     jobs: set[tuple[str, str | None]]
     record: dict[str, str]
 
@@ -117,19 +119,19 @@ def check_went_through_sbatch(jobs: list[SlurmJob], text: str) -> None:
         assert job.record["BatchFlag"] == "1" and job.record["JobName"] == name
         assert job.record["Partition"] == slurm_cluster.PARTITION
         asks_gpu = "gpu" in job.record.get("TresPerJob", "")
-        assert asks_gpu == (job.kind == "subject_gpu"), (job.kind, job.record.get("TresPerJob"))
+        assert asks_gpu == (job.kind == "subject_detect"), (job.kind, job.record.get("TresPerJob"))
 
 
 def check_jobs_per_subject(jobs: list[SlurmJob]) -> None:
-    """Each subject's jobs ran in one CPU and one GPU SLURM job, each ran only its own kind of rule."""
+    """Each subject's jobs ran in one preparation and one detection SLURM job, each ran only its own kind of rule."""
     for job in jobs:
-        if job.kind == "subject_cpu":
-            assert {rule for rule, _ in job.jobs} <= set(CPU_RULES), job
-        elif job.kind == "subject_gpu":
-            assert {rule for rule, _ in job.jobs} <= set(GPU_RULES), job
+        if job.kind == "subject_prep":
+            assert {rule for rule, _ in job.jobs} <= set(PREP_RULES), job
+        elif job.kind == "subject_detect":
+            assert {rule for rule, _ in job.jobs} <= set(DETECT_RULES), job
     for subject in {s for job in jobs for s in job.subjects}:
         kinds = sorted(job.kind for job in jobs if subject in job.subjects)
-        assert kinds in (["subject_cpu", "subject_gpu"], ["subject_gpu"], ["subject_cpu"]), (subject, kinds)
+        assert kinds in (["subject_prep", "subject_detect"], ["subject_detect"], ["subject_prep"]), (subject, kinds)
 
 
 def completed(jobs: list[SlurmJob]) -> bool:
@@ -169,7 +171,7 @@ def check_rerun_runs_only(subject: str, bids: Path, out: Path, cluster: slurm_cl
     jobs = submitted(result.stdout, cluster)
     check_went_through_sbatch(jobs, result.stdout)
     assert sorted((job.kind, tuple(job.subjects)) for job in jobs) == [
-        ("cohort", ()), ("subject_cpu", (subject,)), ("subject_gpu", (subject,))]
+        ("cohort", ()), ("subject_prep", (subject,)), ("subject_detect", (subject,))]
     check_same_results(out, bids, reference)
 
 
@@ -187,7 +189,6 @@ def cluster():
     reason = slurm_cluster.skip_reason()
     if reason:
         pytest.skip(reason)
-    slurm_cluster.install()
     running = slurm_cluster.start_cluster()
     yield running
     running.stop()
@@ -228,7 +229,7 @@ def test_cluster_run_matches_local_run(cluster, cluster_run, reference):
         subject_jobs("001") | subject_jobs("002") | DATASET_JOBS)
     check_jobs_per_subject(jobs)
     assert sorted(job.kind for job in jobs) == sorted(
-        ["subject_cpu", "subject_gpu"] * 2 + ["cohort", "dataset_description", "mars_atlas"])
+        ["subject_prep", "subject_detect"] * 2 + ["cohort", "dataset_description", "mars_atlas"])
     assert all(len(job.subjects) <= 1 for job in jobs)
     check_same_results(out, bids, reference)
 
@@ -255,10 +256,10 @@ def test_broken_subject_keeps_others_going_then_reruns_only_itself(cluster, coho
     check_went_through_sbatch(jobs, result.stdout)
     failed = [job for job in jobs if job.record["JobState"] == "FAILED"]
     # The failed job is sub-002's CPU job (twice: the profile's one retry); its log names the file.
-    assert failed and all(job.kind == "subject_cpu" and job.subjects == {"002"} for job in failed)
+    assert failed and all(job.kind == "subject_prep" and job.subjects == {"002"} for job in failed)
     assert all(error in Path(job.record["StdOut"]).read_text() for job in failed)
     assert completed([job for job in jobs if "002" not in job.subjects])
-    assert {job.kind for job in jobs if job.subjects == {"001"}} == {"subject_cpu", "subject_gpu"}
+    assert {job.kind for job in jobs if job.subjects == {"001"}} == {"subject_prep", "subject_detect"}
     assert (out / "sub-001" / "anat" / "sub-001_desc-cmb_detections.tsv").exists()
     assert not (out / "group" / "cohort_summary.csv").exists()
 
@@ -269,26 +270,27 @@ def test_broken_subject_keeps_others_going_then_reruns_only_itself(cluster, coho
 def test_killed_snakemake_resumes_on_rerun(cluster, cohort, reference, tmp_path):
     """SIGKILL while jobs are queued; its SLURM jobs are cancelled, then a rerun completes.
 
-    Both subjects go into one CPU and one GPU SLURM job here (--group-components), as for a big
-    cohort. The kill comes as soon as the GPU job is submitted, so the CPU stages are done.
+    Both subjects go into one preparation and one detection SLURM job here (--group-components), as
+    for a big cohort. The kill comes as soon as the detection job is submitted, so the preparation
+    is done.
     """
     bids, out = copy_dataset(cohort, tmp_path / "bids"), tmp_path / "out"
-    bundle = ["--group-components", "subject_cpu=2", "subject_gpu=2"]
+    bundle = ["--group-components", "subject_prep=2", "subject_detect=2"]
     log = tmp_path / "killed.log"
     proc = snakemake(bids, out, *bundle, cluster=cluster, background=log)
-    gpu_submitted = re.compile(r"submitted with SLURM jobid \d+ \(log: .*/group_subject_gpu_")
+    detect_submitted = re.compile(r"submitted with SLURM jobid \d+ \(log: .*/group_subject_detect_")
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        while not gpu_submitted.search(log.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+        while not detect_submitted.search(log.read_text()) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert proc.poll() is None, f"snakemake ended before the GPU job was submitted:\n{log.read_text()[-3000:]}"
+        assert proc.poll() is None, f"snakemake ended before the detection job was submitted:\n{log.read_text()[-3000:]}"
     finally:
         proc.kill()  # SIGKILL: no chance to cancel its SLURM jobs or to remove its lock
         proc.wait()
     killed = log.read_text()
     jobs = submitted(killed, cluster)
-    assert [job.kind for job in jobs if job.kind.startswith("subject")] == ["subject_cpu", "subject_gpu"]
-    assert jobs[[job.kind for job in jobs].index("subject_cpu")].subjects == {"001", "002"}  # one job, both
+    assert [job.kind for job in jobs if job.kind.startswith("subject")] == ["subject_prep", "subject_detect"]
+    assert jobs[[job.kind for job in jobs].index("subject_prep")].subjects == {"001", "002"}  # one job, both
 
     # SLURM jobs outlive a killed snakemake. Left running, they would write the same files as
     # the rerun's jobs while it resubmits them, and hold the node's CPUs and GPU: cancel them.
@@ -305,13 +307,13 @@ def test_killed_snakemake_resumes_on_rerun(cluster, cohort, reference, tmp_path)
     assert snakemake(bids, out, "--unlock", cluster=cluster).returncode == 0
 
     plan = printed_jobs(snakemake(bids, out, *bundle, "--dry-run", cluster=cluster).stdout)
-    gpu_stage = {(rule, subject) for subject in ("001", "002") for rule in GPU_RULES}
-    assert gpu_stage | COHORT_JOBS <= plan <= gpu_stage | DATASET_JOBS
+    detect_stage = {(rule, subject) for subject in ("001", "002") for rule in DETECT_RULES}
+    assert detect_stage | COHORT_JOBS <= plan <= detect_stage | DATASET_JOBS
     result = snakemake(bids, out, *bundle, cluster=cluster)
     assert result.returncode == 0, result.stdout[-4000:]
     jobs = submitted(result.stdout, cluster)
     check_went_through_sbatch(jobs, result.stdout)
     assert completed(jobs)
     assert [(job.kind, job.subjects) for job in jobs if job.kind.startswith("subject")] == [
-        ("subject_gpu", {"001", "002"})]
+        ("subject_detect", {"001", "002"})]
     check_same_results(out, bids, reference)

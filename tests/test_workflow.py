@@ -3,7 +3,6 @@
 import base64
 import gzip
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -15,12 +14,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from matplotlib import image as mpimg
 
 from cmbflow.candidates import CandidateParams
 from cmbflow.config import PhaseConfig
 from cmbflow.derivatives import STAGE1_TABLE
 from cmbflow.detections import superseded
+from cmbflow.model import packaged_model_dir, sha256
 from cmbflow.simulate import simulate_cohort
 from cmbflow.stages import run_stage1
 from cohorts import tiny_cohort
@@ -60,13 +61,17 @@ def test_per_subject_outputs(run):
         for desc in ("candidates", "cmb"):
             table = pd.read_csv(anat / f"{sub}_desc-{desc}_detections.tsv", sep="\t", na_values="n/a",
                                 keep_default_na=False)
-            assert list(table.columns[:9]) == ["x", "y", "z", "i", "j", "k", "probability", "radius_mm", "volume_mm3"]
+            assert list(table.columns[:10]) == ["x", "y", "z", "i", "j", "k", "probability", "probability_sd",
+                                                "radius_mm", "volume_mm3"]
+            assert table.probability_sd.between(0, 0.5).all()
             assert set(LOCATION) <= set(table.columns)
             assert set(table.region.dropna()) <= {"lobar", "deep", "infratentorial"}
             assert (table.hemisphere == np.where(table.mni_x < 0, "left", "right")).all()
             sidecar = json.loads((anat / f"{sub}_desc-{desc}_detections.json").read_text())
             assert sidecar["x"]["Units"] == "mm" and sidecar["Sources"] and sidecar["ProbabilityThreshold"] > 0
             assert sidecar["mni_x"]["Units"] == "mm" and set(sidecar["region"]["Levels"]) == {"lobar", "deep", "infratentorial"}
+            variant = "magnitude" if sub == "sub-003" else "phase"  # the weights that made the calls
+            assert sidecar["ClassifierWeightsSHA256"] == sha256(packaged_model_dir() / f"{variant}.safetensors")
         flags = pd.read_csv(anat / f"{sub}_desc-candidates_detections.tsv", sep="\t")
         assert {"mimic_diamagnetic", "mimic_vessel"} <= set(flags.columns)
         assert flags.mimic_diamagnetic.isna().all() == (sub == "sub-003")  # no phase, no flag
@@ -137,11 +142,13 @@ def test_broken_subject_keeps_others_going_and_reruns_only_itself(cohort, tmp_pa
     assert not list((out / "group").glob("*_partial.csv"))  # out of date once the cohort is complete
 
 
+@pytest.mark.dryrun
 def test_lint_clean(cohort, tmp_path):
     result = snakemake(cohort, tmp_path / "out", "--lint")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+@pytest.mark.dryrun
 def test_bids_app_cli_passes_arguments_to_snakemake(cohort, tmp_path):
     cmd = [sys.executable, "-m", "cmbflow.cli", str(cohort), str(tmp_path / "out"), "participant",
            "--participant-label", "002", "--dry-run"]
@@ -150,12 +157,66 @@ def test_bids_app_cli_passes_arguments_to_snakemake(cohort, tmp_path):
     assert set(re.findall(r"subject=(\w+)", result.stdout + result.stderr)) == {"002"}
 
 
+def cmbflow(bids: Path, out: Path, *args: str, background: Path | None = None):
+    """The BIDS-App command, run as a user would (or started, its output to ``background``)."""
+    cmd = [sys.executable, "-m", "cmbflow.cli", str(bids), str(out), *args]
+    if background:
+        return subprocess.Popen(cmd, stdout=background.open("w"), stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+@pytest.mark.dryrun
+def test_bids_app_config_merges_with_its_own_flags(cohort, tmp_path):
+    """--config is snakemake's (not an abbreviation of --configfile) and merges with the flags."""
+    result = cmbflow(cohort, tmp_path / "out", "participant", "--participant-label", "002", "--threshold", "0.7",
+                     "--config", "device=cpu", "classifier={model_dir: null}", "--dry-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert set(re.findall(r"subject=(\w+)", result.stdout + result.stderr)) == {"002"}
+    # The user's value reaches the config check: a bad one is the config's own one-line error.
+    result = cmbflow(cohort, tmp_path / "out", "participant", "--config", "device=tpu", "--dry-run")
+    assert result.returncode != 0
+    assert "config: key 'device' = 'tpu'" in result.stdout + result.stderr
+
+
+def test_concurrent_participant_runs_then_group_equal_one_run(run, cohort, tmp_path):
+    """Two array tasks into one folder at once (one shared set-up, no clash), then group."""
+    out = tmp_path / "out"
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    procs = [cmbflow(cohort, out, "participant", "--participant-label", *labels, "--cores", "1", background=log)
+             for labels, log in zip((["001"], ["002", "003"]), logs)]
+    for proc, log in zip(procs, logs):
+        assert proc.wait() == 0, log.read_text()[-3000:]
+    assert not (out / "group").exists()  # participant runs for some subjects write no cohort table
+    assert len(list((out / "logs").glob("run-*_config.yaml"))) == 2
+
+    group = cmbflow(cohort, out, "group", "--cores", "1")
+    assert group.returncode == 0, group.stderr[-3000:]
+    assert set(re.findall(r"^(?:local)?rule (\w+):", group.stdout + group.stderr, re.M)) == {"cohort", "cohort_report",
+                                                                                             "group"}
+    for table in ("cohort_summary.csv", "cohort_detections.csv"):
+        assert (out / "group" / table).read_text() == (run / "group" / table).read_text(), table
+
+
+def test_group_of_an_empty_output_is_a_one_line_error(cohort, tmp_path):
+    result = cmbflow(cohort, tmp_path / "out", "group", "--cores", "1")
+    assert result.returncode != 0
+    assert "group: no subject has finished outputs yet" in result.stdout + result.stderr
+
+
+def test_each_run_records_its_resolved_config(run, cohort):
+    records = [yaml.safe_load(p.read_text()) for p in (run / "logs").glob("run-*_config.yaml")]
+    assert records and records[0]["config"]["bids_dir"] == str(cohort)
+    assert records[0]["cmbflow_version"] and records[0]["config"]["classifier"] == {"model_dir": None, "threshold": None}
+
+
+@pytest.mark.dryrun
 def test_unknown_participant_is_a_clear_error(cohort, tmp_path):
     result = snakemake(cohort, tmp_path / "out", "participant_label=[999]", "--dry-run")
     assert result.returncode != 0
     assert "no magnitude images found for participant(s) 999" in result.stdout + result.stderr
 
 
+@pytest.mark.dryrun
 def test_sessions_name_outputs_per_session(tmp_path):
     bids = tmp_path / "bids"
     simulate_cohort(bids, 1, seed=5, preset="tiny", sessions=True)
@@ -211,6 +272,7 @@ def test_output_passes_the_bids_validator(run):
     assert (run / "atlas" / "tpl-MNI152NLin2009aSym_atlas-MARS_dseg.nii.gz").exists()
 
 
+@pytest.mark.dryrun
 def test_train_target_needs_no_dataset_and_plans_every_step(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "2", "--dry-run", "train", "--config", f"training={{dir: {tmp_path / 'training'}}}"]
@@ -229,10 +291,11 @@ def test_training_stage1_finds_what_the_workflow_finds(cohort, run, tmp_path):
         stage1 = pd.read_csv(tmp_path / label / "anat" / f"{label}{STAGE1_TABLE}.tsv", sep="\t")
         workflow = pd.read_csv(run / label / "anat" / f"{label}_desc-candidates_detections.tsv", sep="\t")
         assert len(stage1) > 0
-        columns = stage1.columns.drop("probability")
+        columns = stage1.columns.drop(["probability", "probability_sd"])
         pd.testing.assert_frame_equal(stage1[columns], workflow[columns])
 
 
+@pytest.mark.dryrun
 def test_analysis_without_dataset_is_a_one_line_error(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "1", "--dry-run"]
@@ -247,15 +310,10 @@ COHORT_SECTIONS = ("summary", "plots", "protocols", "regions", "flagged")
 
 @pytest.fixture(scope="module")
 def chromium():
-    """A headless Chromium; installed from Debian when missing and we are root."""
+    """A headless Chromium (make system-deps installs it)."""
     found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env)
-        found = shutil.which("chromium")
     if found is None:
-        pytest.skip("no chromium, and apt-get is unavailable or we are not root to install it")
+        pytest.skip("no chromium: run make system-deps")
     return found
 
 

@@ -1,7 +1,6 @@
 """Command line: the BIDS-App entry point, the simulator and a cohort overview.
 
-    cmbflow BIDS_DIR OUTPUT_DIR participant [--participant-label 01 02] [snakemake args...]
-    cmbflow BIDS_DIR OUTPUT_DIR group
+    cmbflow BIDS_DIR OUTPUT_DIR participant|group [options] [snakemake args...]  (cmbflow.bids_app)
     cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse|training]
     cmbflow evaluate TRUTH_DIR OUTPUT_DIR [--json FILE] [--plot PNG]
     cmbflow show OUTPUT_DIR
@@ -10,54 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 
+from cmbflow import __version__, bids_app
 from cmbflow.simulate.params import PRESETS
-
-#: The workflow lives at the root of the source checkout that provides this package.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _snakefile() -> Path:
-    snakefile = REPO_ROOT / "Snakefile"
-    if not snakefile.exists():
-        sys.exit(f"cmbflow: no Snakefile at {snakefile}; install cmbflow from a source checkout (pip install -e .)")
-    return snakefile
-
-
-def run_bids_app(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cmbflow",
-        description="Detect cerebral microbleeds in a BIDS dataset. Arguments after the known ones "
-        "go to snakemake (e.g. --cores 8, --profile profiles/slurm, --dry-run).",
-    )
-    parser.add_argument("bids_dir", type=Path)
-    parser.add_argument("output_dir", type=Path)
-    parser.add_argument("analysis_level", choices=["participant", "group"],
-                        help="participant: every subject, the cohort tables and reports; group: only the cohort tables and report")
-    parser.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
-                        help="subjects to process (with or without the sub- prefix)")
-    parser.add_argument("--configfile", type=Path, help="a config YAML replacing config/config.yaml")
-    args, snakemake_args = parser.parse_known_args(argv)
-
-    # Snakemake's bookkeeping (.snakemake/) lives with the outputs, one per cohort.
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(_snakefile()), "--directory", str(args.output_dir.resolve())]
-    if args.configfile:
-        cmd += ["--configfile", str(args.configfile.resolve())]
-    cmd += ["--config", f"bids_dir={args.bids_dir.resolve()}", f"output_dir={args.output_dir.resolve()}"]
-    if args.participant_label:
-        cmd.append("participant_label=[" + ",".join(args.participant_label) + "]")
-    if not any(a in ("--cores", "-c", "--jobs", "-j", "--profile") or a.startswith(("--cores=", "--jobs=", "--profile="))
-               for a in snakemake_args):
-        cmd += ["--cores", "all"]
-    if args.analysis_level == "group":
-        cmd += ["cohort", "cohort_report"]
-    return subprocess.call(cmd + snakemake_args)
 
 
 def run_simulate(argv: list[str]) -> int:
@@ -141,9 +99,12 @@ def run_show(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {"simulate": run_simulate, "evaluate": run_evaluate, "show": run_show}
+    if argv[:1] == ["--version"]:
+        print(f"cmbflow {__version__}")
+        return 0
     if argv and argv[0] in commands:
         return commands[argv[0]](argv[1:])
-    return run_bids_app(argv)
+    return bids_app.run(argv)
 
 
 if __name__ == "__main__":

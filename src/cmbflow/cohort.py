@@ -76,16 +76,18 @@ def subject_status(label: str, summary: str | Path, logs_dir: str | Path) -> str
     """
     summary = Path(summary)
     written = summary.stat().st_mtime if summary.exists() else float("-inf")
-    logs = sorted(Path(logs_dir).glob(f"*/{label}.log"), key=lambda p: p.stat().st_mtime)
+    # logs/<rule>/<label>.log, or logs/<rule>/ses-X/<label>.log where sessions are mixed (rules/common.smk)
+    logs = sorted(Path(logs_dir).rglob(f"{label}.log"), key=lambda p: p.stat().st_mtime)
+    rule = {log: log.relative_to(logs_dir).parts[0] for log in logs}
     for log in logs:
         error = _ERROR_LINE.search(log.read_text(errors="replace"))
         if error and log.stat().st_mtime >= written:
-            return f"failed in {log.parent.name}: {error.group(1)}"
+            return f"failed in {rule[log]}: {error.group(1)}"
     if summary.exists():
         return "ok"
     if not logs:
         return "not finished: no job of this subject has run"
-    return (f"not finished: {logs[-1].parent.name} logged no error (still to run, or killed, e.g. out of "
+    return (f"not finished: {rule[logs[-1]]} logged no error (still to run, or killed, e.g. out of "
             f"memory); see {logs[-1]}")
 
 

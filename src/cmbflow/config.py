@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cmbflow.candidates import CandidateParams
 from cmbflow.errors import InputError
@@ -26,15 +26,22 @@ class _Strict(BaseModel):
 
 
 class InputFilter(_Strict):
-    """One snakebids input component: which BIDS files it matches."""
+    """One input component: the pybids filters its files match (true/false: the entity is
+    present/absent), and the entities that tell its files apart (cmbflow.inputs.find_files)."""
 
     filters: dict[str, str | bool | list[str | bool]]
     wildcards: list[str]
 
+    @field_validator("wildcards")
+    @classmethod
+    def _has_subject(cls, value: list[str]) -> list[str]:
+        if "subject" not in value:
+            raise ValueError("must include subject (and session, acquisition, run, echo where the data have them)")
+        return value
+
 
 #: Component names cmbflow understands: single-echo (T2starw) and multi-echo (MEGRE) magnitude and
-#: phase, and an optional T1w. snakebids needs one file-name template per component, hence the
-#: split by suffix.
+#: phase, and an optional T1w.
 COMPONENTS = ("mag", "phase", "megre_mag", "megre_phase", "t1w")
 
 
@@ -55,6 +62,21 @@ def _default_inputs() -> dict[str, InputFilter]:
         "megre_phase": gre("phase", "MEGRE"),
         "t1w": InputFilter(filters={"datatype": "anat", "suffix": "T1w", "extension": nifti}, wildcards=entities),
     }
+
+
+class SelectConfig(_Strict):
+    """Which scan to use when a subject/session has several (cmbflow.inputs.choose_scan)."""
+
+    acquisition: str = Field("last", description="first | last (by label) | an acq- label")
+    run: str = Field("last", description="first | last (by number) | a run number")
+
+    @field_validator("acquisition", "run", mode="before")
+    @classmethod
+    def _rule(cls, value: Any, info: ValidationInfo) -> str:
+        value = str(value)  # YAML reads run: 2 as a number
+        if value in ("first", "last") or (value.isdigit() if info.field_name == "run" else _LABEL.match(value)):
+            return value
+        raise ValueError(f"expected first, last or {'a run number' if info.field_name == 'run' else 'an acq- label'}")
 
 
 class PhaseConfig(_Strict):
@@ -105,6 +127,7 @@ class Config(_Strict):
 
     bids_dir: Path | None = None
     output_dir: Path | None = None
+    work_dir: Path | None = Field(None, description="intermediate files that no output keeps; null = output_dir/work")
     participant_label: list[str] = []
     exclude_participant_label: list[str] = []
     pybids_inputs: dict[str, InputFilter] = Field(default_factory=_default_inputs)
@@ -114,7 +137,13 @@ class Config(_Strict):
         description="echo to use from multi-echo (MEGRE) data: first, last, an echo number, "
         "or closest:<TE in ms>",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    select: SelectConfig = SelectConfig()
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu", description="where FRST and the classifier run: a GPU saves under a second per subject "
+        "(docs/performance.md), so the CPU unless asked; auto = CUDA when present")
+    analysis_level: Literal["participant", "group"] = Field(
+        "participant", description="group: the cohort tables cover only the subjects whose outputs exist "
+        "(cmbflow ... group)")
     phase: PhaseConfig = PhaseConfig()
     candidates: CandidateParams = CandidateParams()
     classifier: ClassifierConfig = ClassifierConfig()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
+
+import yaml
 
 from cmbflow import __version__
 from cmbflow.image import atomic_path, write_json
@@ -23,7 +28,7 @@ STAGE1_TABLE = "_desc-stage1_detections"
 #: per-subject data, the detection tables and QC metrics (no such suffix yet) and the transforms
 #: (the xfm datatype is still a proposal, BEP 014). Folder names without a trailing slash:
 #: bids-validator-deno 3.0.2 reports the folder itself as not included for ``group/``.
-NON_BIDS = ("group", "logs", "benchmarks", "atlas", "xfm", "figures", "*_report.html", "*_detections.tsv", "*_detections.json",
+NON_BIDS = ("group", "logs", "benchmarks", "atlas", "work", "xfm", "figures", "*_report.html", "*_detections.tsv", "*_detections.json",
             "*_metrics.json")
 
 
@@ -41,6 +46,18 @@ def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir
         },
         path,
     )
+
+
+def write_run_config(config: dict, logs_dir: str | Path) -> Path:
+    """The resolved config of this run, with the cmbflow version and command line, as
+    ``logs_dir/run-<UTC time>-<pid>_config.yaml``: one file per run, also for runs started at once."""
+    now = datetime.now(timezone.utc)
+    path = Path(logs_dir) / f"run-{now:%Y%m%dT%H%M%S}-{os.getpid()}_config.yaml"
+    record = {"cmbflow_version": __version__, "started": now.isoformat(timespec="seconds"),
+              "command": sys.argv, "config": config}
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    return path
 
 
 def bids_uri(path: str | Path, dataset: str = "") -> str:

@@ -93,13 +93,14 @@ def static_sections(weights_sha256: dict[str, str]) -> dict:
 
 
 def code_version() -> str:
-    """cmbflow's version, with the git commit when run from a checkout."""
+    """cmbflow's release, with the git commit when run from a checkout (an editable install's own
+    version names the commit it was installed at, not the current one)."""
     try:
         commit = subprocess.run(["git", "-C", str(_REPO), "describe", "--always", "--dirty"],
                                 capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return __version__
-    return f"{__version__}+git.{commit}" if commit else __version__
+    return f"{__version__.split('+')[0]}+git.{commit}" if commit else __version__
 
 
 def build_card(models: dict, history: dict, training: dict, weights_sha256: dict[str, str]) -> dict:

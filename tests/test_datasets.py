@@ -1,0 +1,117 @@
+"""Datasets as they come: subjects with and without sessions, several runs, _swi/_GRE file names."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cmbflow.cohort import subject_status
+from cmbflow.simulate import simulate_cohort
+from test_workflow import REPO, snakemake
+
+pytestmark = pytest.mark.workflow
+
+# Output files of each layout (docs/inputs.md): a subject without a session as in a dataset
+# without sessions; a session's logs, benchmarks and report page in a ses-01/ subfolder.
+NO_SESSION = ["sub-001/anat/sub-001_desc-cmb_detections.tsv", "sub-001_report.html",
+              "logs/bias_correct/sub-001.log", "benchmarks/locate/sub-001.tsv"]
+SESSION = ["sub-002/ses-01/anat/sub-002_ses-01_desc-cmb_detections.tsv", "ses-01/sub-002_ses-01_report.html",
+           "logs/bias_correct/ses-01/sub-002_ses-01.log", "benchmarks/locate/ses-01/sub-002_ses-01.tsv"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """Two tiny subjects: sub-001 without a session, sub-002 in ses-01."""
+    bids = tmp_path_factory.mktemp("mixed")
+    simulate_cohort(bids, 2, seed=11, preset="tiny", sessions=True)
+    for session in [bids / "sub-001" / "ses-01", bids / "derivatives" / "simulation" / "sub-001" / "ses-01"]:
+        (session.parent / "anat").mkdir()
+        for path in (session / "anat").iterdir():
+            path.rename(session.parent / "anat" / path.name.replace("_ses-01", ""))
+        shutil.rmtree(session)
+    return bids
+
+
+def gre_cohort(bids: Path) -> Path:
+    """Two tiny subjects without phase (magnitude only, as the _swi/_GRE datasets come)."""
+    simulate_cohort(bids, 2, seed=11, preset="tiny")
+    for phase in bids.glob("sub-*/anat/*part-phase*"):
+        phase.unlink()
+    return bids
+
+
+@pytest.mark.dryrun
+def test_mixed_sessions_plan_both_layouts(mixed, tmp_path):
+    result = snakemake(mixed, tmp_path / "out", "--dry-run")
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    for path in NO_SESSION + SESSION:
+        assert f"{tmp_path / 'out'}/{path}" in text, path
+
+
+def test_mixed_sessions_run(mixed, tmp_path):
+    out = tmp_path / "out"
+    result = snakemake(mixed, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in NO_SESSION + SESSION:
+        assert (out / path).is_file(), path
+    summary = pd.read_csv(out / "group" / "cohort_summary.csv", dtype=str)
+    ids = summary[["participant_id", "session_id"]].fillna("").values.tolist()
+    assert ids == [["sub-001", ""], ["sub-002", "ses-01"]]
+    cohort_page = (out / "group" / "cohort_report.html").read_text()
+    for page in ("sub-001_report.html", "ses-01/sub-002_ses-01_report.html"):
+        assert f'href="../{page}"' in cohort_page, page
+    validator = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or "bids-validator-deno"
+    report = subprocess.run([validator, str(out), "--format", "json"], capture_output=True, text=True, check=False)
+    errors = [i for i in json.loads(report.stdout)["issues"]["issues"] if i["severity"] == "error"]
+    assert not errors, errors[:5]
+
+
+@pytest.mark.dryrun
+def test_two_runs_choice_is_printed_and_configurable(tmp_path):
+    bids = gre_cohort(tmp_path / "bids")
+    for scan in list(bids.glob("sub-002/anat/sub-002_part-mag_T2starw.*")):
+        for run in ("1", "2"):
+            shutil.copy(scan, scan.with_name(scan.name.replace("_part-mag", f"_run-{run}_part-mag")))
+        scan.unlink()
+    first = tmp_path / "first.yaml"
+    first.write_text("select: {run: 1}\n")
+    for extra, used, rule in (((), "run-2", "last"), (("--configfile", str(first)), "run-1", "1")):
+        result = snakemake(bids, tmp_path / "out", *extra, "--dry-run")
+        text = result.stdout + result.stderr
+        assert result.returncode == 0, text[-3000:]
+        assert f"cmbflow: sub-002: 2 runs (run-1, run-2): using {used} (config select.run: {rule})" in text
+        assert f"input: {bids}/sub-002/anat/sub-002_{used}_part-mag_T2starw.nii.gz" in text
+        assert "cmbflow: sub-001" not in text  # one scan, no choice
+        assert "sub-002/anat/sub-002_desc-cmb_detections.tsv" in text  # outputs name no run
+
+
+@pytest.mark.dryrun
+def test_swi_and_gre_file_names_with_the_example_config(tmp_path):
+    bids = gre_cohort(tmp_path / "bids")
+    for subject, suffix in (("001", "swi"), ("002", "GRE")):
+        for scan in bids.glob(f"sub-{subject}/anat/*_part-mag_T2starw.*"):
+            scan.rename(scan.with_name(scan.name.replace("part-mag_T2starw", suffix)))
+    plain = snakemake(bids, tmp_path / "out", "--dry-run")
+    assert plain.returncode != 0 and "no magnitude images found" in plain.stdout + plain.stderr
+    example = REPO / "config" / "examples" / "swi.yaml"
+    result = snakemake(bids, tmp_path / "out", "--configfile", str(example), "--dry-run")
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text[-3000:]
+    assert set(re.findall(r"input: \S+/(sub-00\d_\w+\.nii\.gz)", text)) == {"sub-001_swi.nii.gz", "sub-002_GRE.nii.gz"}
+    for subject in ("001", "002"):
+        assert f"sub-{subject}/anat/sub-{subject}_desc-cmb_detections.tsv" in text
+
+
+@pytest.mark.dryrun  # no snakemake run: the partial cohort table's reading of a mixed dataset's logs
+def test_status_reads_a_sessions_logs_in_their_subfolder(tmp_path):
+    log = tmp_path / "logs" / "classify" / "ses-01" / "sub-002_ses-01.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("t t ERROR root: sub-002_ses-01: broken\n")
+    assert subject_status("sub-002_ses-01", tmp_path / "none.json", tmp_path / "logs") == \
+        "failed in classify: sub-002_ses-01: broken"
