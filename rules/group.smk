@@ -1,4 +1,5 @@
 # Per-subject QC summary, cohort tables and the derivatives' dataset_description.json.
+from cmbflow.derivatives import BIDSIGNORE, DATASET_DESCRIPTION
 
 
 rule subject_summary:
@@ -61,8 +62,8 @@ rule cohort:
 
 rule dataset_description:
     output:
-        description=f"{OUT}/dataset_description.json",
-        bidsignore=f"{OUT}/.bidsignore",
+        description=f"{OUT}/{DATASET_DESCRIPTION}",
+        bidsignore=f"{OUT}/{BIDSIGNORE}",
     params:
         bids_dir=str(CFG.bids_dir),
     log:

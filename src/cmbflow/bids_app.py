@@ -135,12 +135,13 @@ def output_lock(output_dir: Path) -> Iterator[None]:
 
 def make_shared_outputs(bids_dir: Path, output_dir: Path) -> None:
     """Write the outputs every subject shares, where missing (the rules of the same names make the same)."""
-    from cmbflow.derivatives import write_dataset_description
+    from cmbflow.derivatives import BIDSIGNORE, DATASET_DESCRIPTION, write_dataset_description
     from cmbflow.mars import ATLAS_NAME, ATLAS_TABLE, write_mars_atlas
 
     with output_lock(output_dir):
-        if not (output_dir / "dataset_description.json").exists() or not (output_dir / ".bidsignore").exists():
-            write_dataset_description(output_dir / "dataset_description.json", output_dir / ".bidsignore", bids_dir)
+        description, bidsignore = output_dir / DATASET_DESCRIPTION, output_dir / BIDSIGNORE
+        if not description.exists() or not bidsignore.exists():
+            write_dataset_description(description, bidsignore, bids_dir)
         atlas = output_dir / "atlas"
         if not (atlas / ATLAS_NAME).exists() or not (atlas / ATLAS_TABLE).exists():
             write_mars_atlas(atlas / ATLAS_NAME, atlas / ATLAS_TABLE)

@@ -13,6 +13,10 @@ from cmbflow import __version__
 from cmbflow.image import atomic_path, write_json
 
 CODE_URL = "https://github.com/cmbflow/cmbflow"
+#: Files at the top of the output folder, shared by every subject (rule dataset_description, and
+#: cmbflow.bids_app before concurrent participant runs).
+DATASET_DESCRIPTION = "dataset_description.json"
+BIDSIGNORE = ".bidsignore"
 
 #: Name endings (before the extension) of a scan's stage-1 outputs, as the workflow's rules write
 #: them; training writes the same in one process (cmbflow.stages.run_stage1), and training and
