@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHAPE = (200, 244, 72)
 VOXEL = (0.9, 0.9, 1.8)
 
-# Each stage as (name, python statement run after `from cmbflow import stages`); {d} is the work dir.
+# Each stage as (name, python statement run after `from cmbflow import detections, stages`); {d} is the work dir.
 STAGES = [
     ("bias_correct (N4)", "stages.bias_correct('{d}/bids/sub-001/anat/sub-001_part-mag_T2starw.nii.gz', 'last', '{d}/n4.nii.gz', '{d}/n4.json', 'sub-001')"),
     ("brain_mask", "stages.make_brain_mask('{d}/n4.nii.gz', None, '{d}/mask.nii.gz', '{d}/mask.json', 'sub-001')"),
@@ -37,15 +37,14 @@ STAGES = [
     ("candidates (FRST + threshold/shape + features)", "stages.detect_candidates('{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/stage1.tsv', '{d}/stage1.json', CandidateParams(), -1, '{device}', 'sub-001')"),
     ("classify (CNN on every candidate)", "stages.classify_candidates('{d}/stage1.tsv', '{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/classified.tsv', '{d}/classified.json', ClassifierConfig(), -1, '{device}', 'sub-001')"),
     ("mars_atlas (once per run)", "write_mars_atlas('{d}/atlas.nii.gz', '{d}/atlas.tsv')"),
-    ("locate (MNI position, MARS region)", "stages.locate_detections('{d}/classified.tsv', '{d}/classified.json', '{d}/xfm/x.mat', '{d}/atlas.nii.gz', '{d}/cand.tsv', '{d}/cand.json', '{d}/cmb.tsv', '{d}/cmb.json')"),
+    ("locate (MNI position, MARS region)", "detections.locate_detections('{d}/classified.tsv', '{d}/classified.json', '{d}/xfm/x.mat', '{d}/atlas.nii.gz', '{d}/cand.tsv', '{d}/cand.json', '{d}/cmb.tsv', '{d}/cmb.json')"),
 ]
 
 # Peak RSS from VmHWM: unlike getrusage's ru_maxrss, it is not inherited from the parent.
 RUNNER = """
 import re, sys, time
-from cmbflow import stages
-from cmbflow.candidates import CandidateParams
-from cmbflow.config import ClassifierConfig, PhaseConfig
+from cmbflow import detections, stages
+from cmbflow.config import CandidateParams, ClassifierConfig, PhaseConfig
 from cmbflow.mars import write_mars_atlas
 import torch
 torch.set_num_threads({threads})
@@ -59,7 +58,7 @@ print(wall, peak_kb / 1024)
 FRST_RUNNER = """
 import time, numpy as np, nibabel as nib, torch
 from cmbflow.frst import frst3d
-from cmbflow.candidates import CandidateParams
+from cmbflow.config import CandidateParams
 torch.set_num_threads({threads})
 img = nib.load('{d}/swi.nii.gz'); mask = nib.load('{d}/mask.nii.gz').get_fdata() > 0
 p = CandidateParams()

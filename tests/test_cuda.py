@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from cmbflow.candidates import CandidateParams, find_candidates
+from cmbflow.candidates import find_candidates
+from cmbflow.config import CandidateParams, TrainParams
 from cmbflow.frst import frst3d
 from cmbflow.image import voxel_sizes
 from cmbflow.model import load_classifier
 from cmbflow.patches import candidate_features, candidate_patches
-from cmbflow.training import TrainParams, train_classifier
+from cmbflow.training import train_classifier
 from test_candidates import AFFINE, synthetic_scan
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

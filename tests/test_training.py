@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
+from cmbflow.config import TrainParams
 from cmbflow.model import CandidateNet, ModelSpec, load_model, save_model
-from cmbflow.training import TrainParams, augment, choose_threshold, label_candidates, train_classifier
+from cmbflow.training import augment, choose_threshold, label_candidates, train_classifier
 
 VOXEL = (1.0, 1.0, 2.0)
 

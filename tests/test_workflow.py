@@ -17,8 +17,7 @@ import pytest
 import yaml
 from matplotlib import image as mpimg
 
-from cmbflow.candidates import CandidateParams
-from cmbflow.config import PhaseConfig
+from cmbflow.config import CandidateParams, PhaseConfig
 from cmbflow.derivatives import STAGE1_TABLE
 from cmbflow.detections import superseded
 from cmbflow.model import packaged_model_dir, sha256

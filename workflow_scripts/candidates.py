@@ -1,4 +1,4 @@
-from cmbflow.candidates import CandidateParams
+from cmbflow.config import CandidateParams
 from cmbflow.stages import detect_candidates
 from cmbflow.step import run_step
 

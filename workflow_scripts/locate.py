@@ -1,4 +1,4 @@
-from cmbflow.stages import locate_detections
+from cmbflow.detections import locate_detections
 from cmbflow.step import run_step
 
 run_step(

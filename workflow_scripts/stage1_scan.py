@@ -1,5 +1,4 @@
-from cmbflow.candidates import CandidateParams
-from cmbflow.config import PhaseConfig
+from cmbflow.config import CandidateParams, PhaseConfig
 from cmbflow.step import run_step
 from cmbflow.stages import run_stage1
 

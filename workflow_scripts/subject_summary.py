@@ -1,4 +1,4 @@
-from cmbflow.stages import summarise_subject
+from cmbflow.cohort import summarise_subject
 from cmbflow.step import run_step
 
 run_step(

@@ -1,6 +1,7 @@
+from cmbflow.config import TrainParams
 from cmbflow.frst import resolve_device
 from cmbflow.step import run_step
-from cmbflow.training import TrainParams, train_models
+from cmbflow.training import train_models
 
 run_step(
     snakemake,

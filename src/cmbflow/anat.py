@@ -1,8 +1,8 @@
 """Anatomy stage: bias correction, brain mask and registration to MNI space (antspyx in-process).
 
-ANTs works in LPS physical space while NIfTI affines (and cmbflow) use RAS+; the conversion
-here is the one place where that sign flip happens, so transforms written by ANTs are used with
-:func:`points_to_mni` rather than applied to RAS coordinates by hand.
+ANTs works in LPS physical space while NIfTI affines (and cmbflow) use RAS+; images cross between
+the two here, points in :mod:`cmbflow.transforms`, so transforms written by ANTs are used with
+:func:`cmbflow.transforms.points_to_mni` rather than applied to RAS coordinates by hand.
 """
 
 from __future__ import annotations
@@ -24,18 +24,15 @@ import ants  # noqa: E402
 import nibabel as nib
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 from scipy import ndimage
 
 from cmbflow.errors import InputError
 from cmbflow.image import voxel_sizes
+from cmbflow.transforms import RAS_TO_LPS, Transforms, transform_paths
 
 #: Template space of nilearn's bundled MNI152 images: its files are
 #: ``mni_icbm152_*_tal_nlin_sym_09a`` (ICBM 2009a nonlinear symmetric).
 MNI_SPACE = "MNI152NLin2009aSym"
-
-#: RAS+ <-> LPS sign flip of world coordinates (its own inverse).
-_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 #: Fixed seed for ANTs' random metric sampling: reruns must give identical transforms.
 _ANTS_SEED = 20240601
@@ -51,7 +48,7 @@ def to_ants(img: nib.Nifti1Image) -> ants.ANTsImage:
     """A nibabel 3D image as an ANTs image occupying exactly the same place in the world."""
     affine = np.asarray(img.affine, dtype=float)
     spacing = voxel_sizes(affine)
-    direction = _RAS_TO_LPS @ affine[:3, :3] / spacing
+    direction = RAS_TO_LPS @ affine[:3, :3] / spacing
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
         # ITK stores direction cosines + spacing, so a sheared affine has no exact ANTs twin.
         raise InputError(
@@ -63,7 +60,7 @@ def to_ants(img: nib.Nifti1Image) -> ants.ANTsImage:
         raise InputError(f"expected a 3D image, got shape {data.shape}", fix="provide a 3D volume")
     return ants.from_numpy(
         data,
-        origin=(_RAS_TO_LPS @ affine[:3, 3]).tolist(),
+        origin=(RAS_TO_LPS @ affine[:3, 3]).tolist(),
         spacing=spacing.tolist(),
         direction=direction,
     )
@@ -72,8 +69,8 @@ def to_ants(img: nib.Nifti1Image) -> ants.ANTsImage:
 def from_ants(image: ants.ANTsImage, dtype: npt.DTypeLike = np.float32) -> nib.Nifti1Image:
     """An ANTs 3D image as a nibabel image with the equivalent RAS+ affine."""
     affine = np.eye(4)
-    affine[:3, :3] = _RAS_TO_LPS @ np.asarray(image.direction) * np.asarray(image.spacing)
-    affine[:3, 3] = _RAS_TO_LPS @ np.asarray(image.origin)
+    affine[:3, :3] = RAS_TO_LPS @ np.asarray(image.direction) * np.asarray(image.spacing)
+    affine[:3, 3] = RAS_TO_LPS @ np.asarray(image.origin)
     out = nib.Nifti1Image(image.numpy().astype(dtype), affine)
     out.set_qform(affine, code=1)
     out.set_sform(affine, code=1)
@@ -203,40 +200,6 @@ def _fill_holes_slicewise(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
 
 
 @dataclass(frozen=True)
-class Transforms:
-    """ANTs transform files between a subject image and MNI space, as written by ANTs.
-
-    ``affine`` maps MNI points to subject points (ANTs stores the fixed->moving direction, which
-    pulls subject images into MNI space); ``warp``/``inverse_warp`` exist only after SyN.
-    """
-
-    affine: Path
-    warp: Path | None = None
-    inverse_warp: Path | None = None
-
-    @classmethod
-    def at(cls, prefix: str | Path) -> "Transforms":
-        """The transforms that :func:`register_to_mni` wrote with this prefix."""
-        paths = _transform_paths(prefix)
-        if not paths["affine"].exists():
-            raise InputError("registration transform not found", path=paths["affine"])
-        warps = [paths[k] if paths[k].exists() else None for k in ("warp", "inverse_warp")]
-        return cls(paths["affine"], *warps)
-
-    def subject_to_mni(self) -> tuple[list[str], list[bool]]:
-        """Transform list and inversion flags that pull a subject image into MNI space
-        (equivalently: push MNI points to the subject)."""
-        files = ([str(self.warp)] if self.warp else []) + [str(self.affine)]
-        return files, [False] * len(files)
-
-    def mni_to_subject(self) -> tuple[list[str], list[bool]]:
-        """Transform list and inversion flags that pull an MNI image onto the subject grid
-        (equivalently: push subject points to MNI)."""
-        files = [str(self.affine)] + ([str(self.inverse_warp)] if self.inverse_warp else [])
-        return files, [True] + [False] * (len(files) - 1)
-
-
-@dataclass(frozen=True)
 class RegistrationResult:
     """Outcome of :func:`register_to_mni`."""
 
@@ -246,15 +209,6 @@ class RegistrationResult:
     similarity: float
     #: The subject image resampled onto the MNI template grid.
     warped: nib.Nifti1Image
-
-
-def _transform_paths(prefix: str | Path) -> dict[str, Path]:
-    prefix = str(prefix)
-    return {
-        "affine": Path(f"{prefix}affine.mat"),
-        "warp": Path(f"{prefix}warp.nii.gz"),
-        "inverse_warp": Path(f"{prefix}inverse-warp.nii.gz"),
-    }
 
 
 def register_to_mni(
@@ -295,7 +249,7 @@ def register_to_mni(
 
 def _store_transforms(reg: dict, out_prefix: str | Path) -> Transforms:
     """Move ANTs' output files (named by ANTs) to stable names under ``out_prefix``."""
-    paths = _transform_paths(out_prefix)
+    paths = transform_paths(out_prefix)
     paths["affine"].parent.mkdir(parents=True, exist_ok=True)
     fwd = list(reg["fwdtransforms"])
     inv = list(reg["invtransforms"])
@@ -329,18 +283,6 @@ def _entropy_correlation(a: npt.NDArray, b: npt.NDArray, mask: npt.NDArray[np.bo
     return 2.0 * (1.0 - h_ab / (h_a + h_b)) if h_a + h_b > 0 else 0.0
 
 
-def points_to_mni(xyz: npt.ArrayLike, transforms: Transforms | RegistrationResult) -> npt.NDArray[np.float64]:
-    """Subject world coordinates (N, 3, RAS+ mm) to MNI coordinates (N, 3, RAS+ mm)."""
-    files, invert = _as_transforms(transforms).mni_to_subject()
-    return _apply_to_points(xyz, files, invert)
-
-
-def points_from_mni(xyz_mni: npt.ArrayLike, transforms: Transforms | RegistrationResult) -> npt.NDArray[np.float64]:
-    """MNI coordinates (N, 3, RAS+ mm) to subject world coordinates (N, 3, RAS+ mm)."""
-    files, invert = _as_transforms(transforms).subject_to_mni()
-    return _apply_to_points(xyz_mni, files, invert)
-
-
 def mni_to_subject_image(
     mni_img: nib.Nifti1Image,
     subject: nib.Nifti1Image,
@@ -357,17 +299,6 @@ def mni_to_subject_image(
 
 def _as_transforms(transforms: Transforms | RegistrationResult) -> Transforms:
     return transforms.transforms if isinstance(transforms, RegistrationResult) else transforms
-
-
-def _apply_to_points(xyz: npt.ArrayLike, files: list[str], invert: list[bool]) -> npt.NDArray[np.float64]:
-    xyz = np.atleast_2d(np.asarray(xyz, dtype=float))
-    if xyz.shape[0] == 0:
-        return np.zeros((0, 3))
-    lps = xyz @ _RAS_TO_LPS  # ANTs points live in LPS, like its images
-    moved = ants.apply_transforms_to_points(
-        3, pd.DataFrame(lps, columns=["x", "y", "z"]), files, whichtoinvert=invert
-    )
-    return moved[["x", "y", "z"]].to_numpy(dtype=float) @ _RAS_TO_LPS
 
 
 # --------------------------------------------------------------------------- brain mask

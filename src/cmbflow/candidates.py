@@ -32,10 +32,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from cmbflow.config import CandidateParams
 from cmbflow.detections import keep_first_within
 from cmbflow.frst import frst3d, mask_bounds
 from cmbflow.image import b0_direction_voxel, ijk_to_xyz, voxel_sizes
@@ -45,43 +45,6 @@ CANDIDATE_COLUMNS = (
     "x", "y", "z", "i", "j", "k", "radius_mm", "volume_mm3", "frst", "contrast", "roundness",
     "elongation", "phase_dipole", "edge_distance_mm", "source",
 )
-
-
-class CandidateParams(BaseModel):
-    """Settings of the candidate generators (defaults tuned on simulated 0.9x0.9x1.8 mm data)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    background_sigma_mm: float = Field(5.0, gt=0, description="width of the local background estimate")
-    background_exclude: float = Field(
-        0.8, gt=0, le=1, description="voxels darker than this fraction of the background are left "
-        "out of its second estimate, so dark lesions and veins do not pull it down"
-    )
-    seed_contrast: float = Field(0.25, gt=0, lt=1, description="least 1 - intensity/smooth background "
-                                 "of a seed voxel")
-    min_contrast: float = Field(0.25, gt=0, lt=1, description="least 1 - darkest/local background of a "
-                                "candidate (the background just outside it)")
-    frst_radii_mm: tuple[float, ...] = Field((1.0, 1.5, 2.0, 3.0, 4.0), min_length=1)
-    frst_alpha: float = Field(2.0, gt=0)
-    frst_gradient_quantile: float = Field(0.7, ge=0, lt=1)
-    frst_threshold: float = Field(0.01, ge=0, description="least FRST response of an FRST peak")
-    min_diameter_mm: float = Field(1.2, gt=0, description="least equivalent diameter of a dark component")
-    max_diameter_mm: float = Field(12.0, gt=0, description="largest equivalent diameter of a dark component")
-    min_radius_mm: float = Field(0.6, ge=0, description="least apparent radius of a candidate (drops "
-                                 "one- and two-voxel noise dips at ~1 mm resolution)")
-    peak_distance_mm: float = Field(2.0, gt=0, description="radius of the local-maximum / darkest-voxel search")
-    merge_distance_mm: float = Field(2.5, ge=0, description="seeds, and candidate centres, closer than this "
-                                     "are one candidate")
-    region_half_width_mm: float = Field(12.0, gt=0, description="half width of the box a region may grow in")
-    background_shell_mm: float = Field(2.0, gt=0, description="thickness of the shell outside a lesion "
-                                       "whose median is its local background")
-    centroid_radius_mm: float = Field(3.0, gt=0, description="region voxels within this of the darkest "
-                                      "voxel give the candidate's position")
-    dipole_shell_mm: float = Field(3.0, gt=0, description="thickness of the shell beyond the apparent "
-                                   "radius in which the phase dipole is measured")
-    claim_roundness: float = Field(0.5, ge=0, le=1, description="a candidate region at least this round "
-                                   "absorbs the other seeds inside it")
-    max_candidates: int = Field(2000, gt=0, description="keep at most this many (the darkest)")
 
 
 def local_background(

@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from cmbflow import __version__, bids_app
-from cmbflow.simulate.params import PRESETS
 
 
 def run_simulate(argv: list[str]) -> int:
+    from cmbflow.simulate import PRESETS, simulate_cohort  # the simulator loads nilearn (seconds)
+
     parser = argparse.ArgumentParser(prog="cmbflow simulate", description="Write a simulated BIDS cohort with known microbleeds.")
     parser.add_argument("out", type=Path)
     parser.add_argument("--subjects", type=int, default=3)
@@ -26,8 +27,6 @@ def run_simulate(argv: list[str]) -> int:
     parser.add_argument("--preset", choices=PRESETS, default="standard")
     parser.add_argument("--sessions", action="store_true", help="give every subject a session (ses-01)")
     args = parser.parse_args(argv)
-    from cmbflow.simulate import simulate_cohort
-
     labels = simulate_cohort(args.out, args.subjects, args.seed, preset=args.preset, sessions=args.sessions)
     print(f"simulated {len(labels)} subjects in {args.out} (truth in {args.out / 'derivatives' / 'simulation'})")
     return 0

@@ -1,8 +1,9 @@
 """Cohort tables: one row per subject/session, and every final call with its subject.
 
-``write_cohort_tables`` is the cohort rule: every subject finished. After a run with failed
-subjects, ``write_partial_cohort_tables`` writes the same tables from the subjects that finished,
-with a row for every subject and, in ``status``, why the others have no results.
+``summarise_subject`` writes one subject's row (rule subject_summary); ``write_cohort_tables`` is
+the cohort rule: every subject finished. After a run with failed subjects,
+``write_partial_cohort_tables`` writes the same tables from the subjects that finished, with a row
+for every subject and, in ``status``, why the others have no results.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import nibabel as nib
 import pandas as pd
 
+from cmbflow import __version__
 from cmbflow.detections import FLOAT_FORMAT, read_detections
-from cmbflow.image import atomic_path
-from cmbflow.mars import COUNT_COLUMNS
+from cmbflow.image import atomic_path, read_sidecar, voxel_sizes, write_json
+from cmbflow.mars import COUNT_COLUMNS, region_counts
 
 #: Identifying columns first, in the order statisticians expect.
 ID_COLUMNS = ["participant_id", "session_id"]
@@ -33,6 +36,47 @@ STATUS_COLUMN = "status"
 
 #: What cmbflow.step logs when a job fails (the first such line of a log is the reason).
 _ERROR_LINE = re.compile(r"^\S+ \S+ ERROR \S+: (.+)$", re.MULTILINE)
+
+
+def summarise_subject(
+    mag: str | Path,
+    mask_json: str | Path,
+    xfm_json: str | Path,
+    candidates: str | Path,
+    detections: str | Path,
+    source: str | Path,
+    has_phase: bool,
+    echo: int | None,
+    out_json: str | Path,
+    label: str,
+) -> None:
+    """One subject's row of the cohort summary (counts by region, acquisition, QC metrics)."""
+    meta = read_sidecar(source, subject=label)
+    img = nib.load(mag)
+    vox = voxel_sizes(img.affine)
+    subject, _, session = label.partition("_")
+    te = meta.get("EchoTime")
+    calls = read_detections(detections)
+    row = {
+        "participant_id": subject,
+        "session_id": session or None,
+        "n_cmb": len(calls),
+        **region_counts(calls),
+        "n_candidates": len(read_detections(candidates)),
+        "phase_used": bool(has_phase),
+        "echo": echo,
+        "echo_time_ms": round(float(te) * 1000, 3) if te is not None else None,
+        "field_strength_t": meta.get("MagneticFieldStrength"),
+        "voxel_size_x_mm": round(float(vox[0]), 4),
+        "voxel_size_y_mm": round(float(vox[1]), 4),
+        "voxel_size_z_mm": round(float(vox[2]), 4),
+        "matrix": "x".join(str(s) for s in img.shape[:3]),
+        "brain_volume_ml": json.loads(Path(mask_json).read_text())["BrainVolume_ml"],
+        "registration_similarity": json.loads(Path(xfm_json).read_text())["RegistrationSimilarity"],
+        "source": str(source),
+        "cmbflow_version": __version__,
+    }
+    write_json(row, out_json)
 
 
 def write_cohort_tables(

@@ -13,9 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from cmbflow.candidates import CandidateParams
 from cmbflow.errors import InputError
-from cmbflow.training import TrainParams
 
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 _ECHO_RULE = re.compile(r"^(first|last|closest:\d+(\.\d+)?)$")
@@ -93,6 +91,42 @@ class PhaseConfig(_Strict):
         return -1 if self.paramagnetic_phase == "negative" else 1
 
 
+class CandidateParams(_Strict):
+    """Stage 1: settings of the candidate generators (cmbflow.candidates; defaults tuned on simulated
+    0.9x0.9x1.8 mm data)."""
+
+    background_sigma_mm: float = Field(5.0, gt=0, description="width of the local background estimate")
+    background_exclude: float = Field(
+        0.8, gt=0, le=1, description="voxels darker than this fraction of the background are left "
+        "out of its second estimate, so dark lesions and veins do not pull it down"
+    )
+    seed_contrast: float = Field(0.25, gt=0, lt=1, description="least 1 - intensity/smooth background "
+                                 "of a seed voxel")
+    min_contrast: float = Field(0.25, gt=0, lt=1, description="least 1 - darkest/local background of a "
+                                "candidate (the background just outside it)")
+    frst_radii_mm: tuple[float, ...] = Field((1.0, 1.5, 2.0, 3.0, 4.0), min_length=1)
+    frst_alpha: float = Field(2.0, gt=0)
+    frst_gradient_quantile: float = Field(0.7, ge=0, lt=1)
+    frst_threshold: float = Field(0.01, ge=0, description="least FRST response of an FRST peak")
+    min_diameter_mm: float = Field(1.2, gt=0, description="least equivalent diameter of a dark component")
+    max_diameter_mm: float = Field(12.0, gt=0, description="largest equivalent diameter of a dark component")
+    min_radius_mm: float = Field(0.6, ge=0, description="least apparent radius of a candidate (drops "
+                                 "one- and two-voxel noise dips at ~1 mm resolution)")
+    peak_distance_mm: float = Field(2.0, gt=0, description="radius of the local-maximum / darkest-voxel search")
+    merge_distance_mm: float = Field(2.5, ge=0, description="seeds, and candidate centres, closer than this "
+                                     "are one candidate")
+    region_half_width_mm: float = Field(12.0, gt=0, description="half width of the box a region may grow in")
+    background_shell_mm: float = Field(2.0, gt=0, description="thickness of the shell outside a lesion "
+                                       "whose median is its local background")
+    centroid_radius_mm: float = Field(3.0, gt=0, description="region voxels within this of the darkest "
+                                      "voxel give the candidate's position")
+    dipole_shell_mm: float = Field(3.0, gt=0, description="thickness of the shell beyond the apparent "
+                                   "radius in which the phase dipole is measured")
+    claim_roundness: float = Field(0.5, ge=0, le=1, description="a candidate region at least this round "
+                                   "absorbs the other seeds inside it")
+    max_candidates: int = Field(2000, gt=0, description="keep at most this many (the darkest)")
+
+
 class ClassifierConfig(_Strict):
     """Stage 2: which trained model scores the candidates, and where calls start."""
 
@@ -102,6 +136,20 @@ class ClassifierConfig(_Strict):
     threshold: float | None = Field(
         None, gt=0, lt=1, description="least probability of a call; null = the model card's threshold, "
         "chosen on the validation cohort")
+
+
+class TrainParams(_Strict):
+    """Optimisation settings of the classifier (cmbflow.training; one set for both models)."""
+
+    epochs: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=2)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    negatives_per_positive: int = Field(4, ge=1, description="negatives drawn per positive each epoch")
+    mimics_every_epoch: bool = Field(True, description="show every named mimic (calcification) in every "
+                                     "epoch, on top of the drawn negatives")
+    widths: tuple[int, ...] = (8, 16, 32)
+    seed: int = 0
 
 
 class TrainingConfig(_Strict):

@@ -1,7 +1,9 @@
-"""The per-subject detection tables (BIDS-Derivatives TSV + JSON sidecar)."""
+"""The per-subject detection tables (BIDS-Derivatives TSV + JSON sidecar), and the locate step that
+writes the final ones."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,10 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from cmbflow.derivatives import bids_uri, sidecar
 from cmbflow.image import atomic_path, write_json
+from cmbflow.mars import read_mars_atlas
+from cmbflow.transforms import Transforms, points_to_mni
 
 #: Columns every detections table starts with, in this order, and what they mean.
 CORE_COLUMNS: dict[str, dict[str, str]] = {
@@ -86,6 +91,9 @@ VESSEL_ELONGATION = 2.0
 #: Fixed float formatting: identical inputs give byte-identical tables.
 FLOAT_FORMAT = "%.4f"
 
+#: Sidecar fields of the classified table that say how the calls were made (kept by locate).
+CLASSIFIER_FIELDS = ("Classifier", "ProbabilityThreshold", "Device", "ClassifierWeightsSHA256")
+
 
 def write_detections(table: pd.DataFrame, tsv: str | Path, sidecar: str | Path, description: str, **extra: object) -> None:
     """Write a detections table (core columns first) and its JSON sidecar, atomically."""
@@ -138,3 +146,35 @@ def superseded(xyz: npt.ArrayLike, probability: npt.ArrayLike,
     out = np.zeros(len(order), dtype=bool)
     out[order] = ~keep_first_within(np.asarray(xyz, dtype=float).reshape(-1, 3)[order], distance_mm)
     return out
+
+
+def locate_detections(
+    classified: str | Path,
+    classified_json: str | Path,
+    xfm: str | Path,
+    atlas: str | Path,
+    out_candidates: str | Path,
+    out_candidates_json: str | Path,
+    out_calls: str | Path,
+    out_calls_json: str | Path,
+) -> None:
+    """MNI position, MARS region and mimic flags of every candidate; the calls are the ``is_cmb`` rows."""
+    table = read_detections(classified)
+    mni = points_to_mni(table[["x", "y", "z"]].to_numpy(float), Transforms(Path(xfm)))
+    location = pd.DataFrame(mni, columns=["mni_x", "mni_y", "mni_z"], index=table.index)
+    location = location.join(read_mars_atlas(atlas).lookup(mni).set_axis(table.index))
+    table = pd.concat([table, location], axis=1)
+    calls = table[table["is_cmb"]].drop(columns=["is_cmb", "superseded"]).reset_index(drop=True)
+    table = pd.concat([table, mimic_flags(table)], axis=1)
+    meta = json.loads(Path(classified_json).read_text())
+    about = {key: meta[key] for key in CLASSIFIER_FIELDS}
+    write_detections(  # the classified table is temporary: name its sources instead
+        table, out_candidates, out_candidates_json,
+        description="Microbleed candidates with features, the classifier's probability, location and mimic flags",
+        Sources=meta["Sources"] + [bids_uri(xfm)], **about,
+    )
+    write_detections(
+        calls, out_calls, out_calls_json,
+        description="Cerebral microbleed detections (final calls) with their location",
+        **sidecar([], [out_candidates]), **about,
+    )

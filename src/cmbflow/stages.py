@@ -1,4 +1,9 @@
-"""One function per workflow step: read the step's files, call the science, write its outputs.
+"""One function per image-processing workflow step: read the step's files, call the science, write
+its outputs.
+
+The light steps, which read tables and small files, live with what they write (cmbflow.detections,
+cmbflow.cohort, cmbflow.mars, cmbflow.derivatives, cmbflow.report.pages), so that their jobs start
+without loading torch or ANTs.
 
 Each function validates what it reads (errors name the subject and the file), and writes every
 output atomically with a BIDS-Derivatives JSON sidecar, so a failed or killed job leaves nothing
@@ -7,7 +12,6 @@ half-written behind.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -15,13 +19,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 
-from cmbflow import __version__, anat, phase
+from cmbflow import anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
-from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE, SWI, bids_uri, sidecar
-from cmbflow.detections import mimic_flags, read_detections, superseded, write_detections
+from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE, SWI, sidecar
+from cmbflow.detections import CLASSIFIER_FIELDS, read_detections, superseded, write_detections
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
 from cmbflow.image import (
@@ -33,7 +36,6 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
-from cmbflow.mars import read_mars_atlas, region_counts
 from cmbflow.model import load_classifier
 from cmbflow.patches import candidate_features, candidate_patches
 
@@ -184,10 +186,6 @@ def detect_candidates(
     )
 
 
-#: Sidecar fields of the classified table that say how the calls were made (kept by locate).
-CLASSIFIER_FIELDS = ("Classifier", "ProbabilityThreshold", "Device", "ClassifierWeightsSHA256")
-
-
 def classify_candidates(
     stage1: str | Path,
     image: str | Path,
@@ -226,79 +224,6 @@ def classify_candidates(
         description="Microbleed candidates with features and the classifier's probability",
         **sidecar([], [stage1, image, mask] + ([hpphase] if hpphase else [])), **about,
     )
-
-
-def locate_detections(
-    classified: str | Path,
-    classified_json: str | Path,
-    xfm: str | Path,
-    atlas: str | Path,
-    out_candidates: str | Path,
-    out_candidates_json: str | Path,
-    out_calls: str | Path,
-    out_calls_json: str | Path,
-) -> None:
-    """MNI position, MARS region and mimic flags of every candidate; the calls are the ``is_cmb`` rows."""
-    table = read_detections(classified)
-    mni = anat.points_to_mni(table[["x", "y", "z"]].to_numpy(float), anat.Transforms(Path(xfm)))
-    location = pd.DataFrame(mni, columns=["mni_x", "mni_y", "mni_z"], index=table.index)
-    location = location.join(read_mars_atlas(atlas).lookup(mni).set_axis(table.index))
-    table = pd.concat([table, location], axis=1)
-    calls = table[table["is_cmb"]].drop(columns=["is_cmb", "superseded"]).reset_index(drop=True)
-    table = pd.concat([table, mimic_flags(table)], axis=1)
-    meta = json.loads(Path(classified_json).read_text())
-    about = {key: meta[key] for key in CLASSIFIER_FIELDS}
-    write_detections(  # the classified table is temporary: name its sources instead
-        table, out_candidates, out_candidates_json,
-        description="Microbleed candidates with features, the classifier's probability, location and mimic flags",
-        Sources=meta["Sources"] + [bids_uri(xfm)], **about,
-    )
-    write_detections(
-        calls, out_calls, out_calls_json,
-        description="Cerebral microbleed detections (final calls) with their location",
-        **sidecar([], [out_candidates]), **about,
-    )
-
-
-def summarise_subject(
-    mag: str | Path,
-    mask_json: str | Path,
-    xfm_json: str | Path,
-    candidates: str | Path,
-    detections: str | Path,
-    source: str | Path,
-    has_phase: bool,
-    echo: int | None,
-    out_json: str | Path,
-    label: str,
-) -> None:
-    """One subject's row of the cohort summary (counts by region, acquisition, QC metrics)."""
-    meta = read_sidecar(source, subject=label)
-    img = nib.load(mag)
-    vox = voxel_sizes(img.affine)
-    subject, _, session = label.partition("_")
-    te = meta.get("EchoTime")
-    calls = read_detections(detections)
-    row = {
-        "participant_id": subject,
-        "session_id": session or None,
-        "n_cmb": len(calls),
-        **region_counts(calls),
-        "n_candidates": len(read_detections(candidates)),
-        "phase_used": bool(has_phase),
-        "echo": echo,
-        "echo_time_ms": round(float(te) * 1000, 3) if te is not None else None,
-        "field_strength_t": meta.get("MagneticFieldStrength"),
-        "voxel_size_x_mm": round(float(vox[0]), 4),
-        "voxel_size_y_mm": round(float(vox[1]), 4),
-        "voxel_size_z_mm": round(float(vox[2]), 4),
-        "matrix": "x".join(str(s) for s in img.shape[:3]),
-        "brain_volume_ml": json.loads(Path(mask_json).read_text())["BrainVolume_ml"],
-        "registration_similarity": json.loads(Path(xfm_json).read_text())["RegistrationSimilarity"],
-        "source": str(source),
-        "cmbflow_version": __version__,
-    }
-    write_json(row, out_json)
 
 
 def run_stage1(

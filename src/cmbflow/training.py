@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch.nn import functional as F
 
+from cmbflow.config import TrainParams
 from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE
 from cmbflow.detections import superseded
 from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
@@ -32,22 +32,6 @@ from cmbflow.patches import candidate_features, candidate_patches, n_features
 log = logging.getLogger(__name__)
 
 TRUTH_SUFFIX = "_desc-truth_lesions.tsv"
-
-
-class TrainParams(BaseModel):
-    """Optimisation settings (one set for both models)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epochs: int = Field(32, ge=1)
-    batch_size: int = Field(64, ge=2)
-    learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    negatives_per_positive: int = Field(4, ge=1, description="negatives drawn per positive each epoch")
-    mimics_every_epoch: bool = Field(True, description="show every named mimic (calcification) in every "
-                                     "epoch, on top of the drawn negatives")
-    widths: tuple[int, ...] = (8, 16, 32)
-    seed: int = 0
 
 
 @dataclass(frozen=True)
