@@ -46,8 +46,11 @@ system-deps:
 lint: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests/test_workflow.py -k lint
 
+# One subject's cost per rule (wall, CPU, start-up), then a cohort's throughput against PREVIOUS:
+# the last commit before the per-subject cost work (issue 18); no release is tagged yet.
+PREVIOUS ?= 98e0d29
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/bench_subject.py
+	$(BIN)/python benchmarks/bench_throughput.py --previous $(PREVIOUS) --cores $(CORES)
 
 # The wheel (workflow inside, version from the git tag) and the CPU container image (Dockerfile;
 # a CUDA build: docs/install.md).

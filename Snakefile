@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-report: "report/workflow.rst"  # snakemake --report: the QC figures of rules/report.smk
+report: "report/workflow.rst"  # snakemake --report: the QC figures of rules/qc.smk
 
 
 container: "docker://ghcr.io/cmbflow/cmbflow:0.2.0"  # --software-deployment-method apptainer: docs/install.md
@@ -25,11 +25,11 @@ include: "rules/common.smk"
 include: "rules/anat.smk"
 include: "rules/phase.smk"
 include: "rules/candidates.smk"
+include: "rules/atlas.smk"
 include: "rules/classify.smk"
-include: "rules/locate.smk"
 include: "rules/train.smk"
+include: "rules/qc.smk"
 include: "rules/group.smk"
-include: "rules/report.smk"
 include: "rules/partial.smk"
 
 

@@ -5,7 +5,7 @@
 rule candidates:
     input:
         unpack(candidate_inputs),
-        mask=rules.brain_mask.output.mask,
+        mask=rules.anatomy.output.mask,
     output:
         tsv=temp(work(desc="stage1", suffix="detections.tsv")),
         json=temp(work(desc="stage1", suffix="detections.json")),

@@ -1,15 +1,20 @@
 # Stage 2: a 3D residual CNN scores every candidate (phase model when there is phase,
-# magnitude-only model otherwise); calls are the candidates above the model's threshold.
+# magnitude-only model otherwise); calls are the candidates above the model's threshold. The
+# final tables give each candidate's MNI position (the subject's registration) and MARS region.
 
 
 rule classify:
     input:
         unpack(candidate_inputs),
         stage1=rules.candidates.output.tsv,
-        mask=rules.brain_mask.output.mask,
+        mask=rules.anatomy.output.mask,
+        xfm=rules.anatomy.output.xfm,
+        atlas=rules.mars_atlas.output.image,
     output:
-        tsv=temp(work(desc="classified", suffix="detections.tsv")),
-        json=temp(work(desc="classified", suffix="detections.json")),
+        candidates=out(desc="candidates", suffix="detections.tsv"),
+        candidates_json=out(desc="candidates", suffix="detections.json"),
+        calls=out(desc="cmb", suffix="detections.tsv"),
+        calls_json=out(desc="cmb", suffix="detections.json"),
     params:
         label=label,
         device=CFG.device,

@@ -78,7 +78,7 @@ def candidate_inputs(wildcards):
     Not the SWI: its phase mask darkens a microbleed's dipole lobes along B0, so bleeds look
     elongated and the candidates multiply (measured: see benchmarks/RESULTS.md).
     """
-    inputs = {"image": rules.bias_correct.output.mag}
+    inputs = {"image": rules.anatomy.output.mag}
     if has_phase(wildcards):
         inputs["hpphase"] = rules.phase_preproc.output.hpphase
     return inputs

@@ -1,40 +1,13 @@
-# Per-subject QC summary, cohort tables and the derivatives' dataset_description.json.
+# Cohort tables (from each subject's QC row and calls), the cohort page, and the derivatives'
+# dataset_description.json.
 from cmbflow.derivatives import BIDSIGNORE, DATASET_DESCRIPTION
-
-
-rule subject_summary:
-    input:
-        mag=rules.bias_correct.output.mag,
-        mask_json=rules.brain_mask.output.json,
-        xfm_json=rules.register_to_mni.output.json,
-        candidates=rules.locate.output.candidates,
-        detections=rules.locate.output.calls,
-    output:
-        out(desc="qc", suffix="metrics.json"),
-    params:
-        label=label,
-        source=lambda wc: str(subject_of(wc).mag),
-        has_phase=has_phase,
-        echo=lambda wc: subject_of(wc).echo,
-    log:
-        log_path("subject_summary"),
-    benchmark:
-        benchmark_path("subject_summary"),
-    threads: 1
-    resources:
-        mem_mb=500,
-        runtime=5,
-    conda:
-        "../envs/cmbflow.yaml"
-    script:
-        "../workflow_scripts/subject_summary.py"
 
 
 if CFG.analysis_level == "group":  # aggregate the subjects already processed, never start one
     SUBJECTS = {
         key: subject
         for key, subject in SUBJECTS.items()
-        if all(os.path.exists(p.format(**subject.wildcards)) for p in rules.subject_summary.output + rules.locate.output)
+        if all(os.path.exists(p.format(**subject.wildcards)) for p in [rules.subject_report.output.metrics] + rules.classify.output)
     }
     if not SUBJECTS:
         raise InputError("group: no subject has finished outputs yet", path=OUT,
@@ -43,8 +16,8 @@ if CFG.analysis_level == "group":  # aggregate the subjects already processed, n
 
 rule cohort:
     input:
-        summaries=expand_subjects(rules.subject_summary.output[0]),
-        detections=expand_subjects(rules.locate.output.calls),
+        summaries=expand_subjects(rules.subject_report.output.metrics),
+        detections=expand_subjects(rules.classify.output.calls),
     output:
         summary=f"{OUT}/group/cohort_summary.csv",
         detections=f"{OUT}/group/cohort_detections.csv",
@@ -58,6 +31,33 @@ rule cohort:
         "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/cohort.py"
+
+
+rule cohort_report:
+    input:
+        summary=rules.cohort.output.summary,
+        detections=rules.cohort.output.detections,
+    output:
+        html=f"{OUT}/group/cohort_report.html",
+        png=report(
+            f"{OUT}/group/cohort_cmb_counts.png",
+            caption="../report/cohort.rst",
+            category="Cohort",
+        ),
+    params:
+        subject_reports={s.label: rules.subject_report.output.html.format(**s.wildcards) for s in SUBJECTS.values()},
+    log:
+        f"{OUT}/logs/cohort_report.log",
+    benchmark:
+        f"{OUT}/benchmarks/cohort_report.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/cohort_report.py"
 
 
 rule dataset_description:

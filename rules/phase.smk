@@ -3,9 +3,9 @@
 
 rule phase_preproc:
     input:
-        mag=rules.bias_correct.output.mag,
+        mag=rules.anatomy.output.mag,
         phase=lambda wc: subject_of(wc).phase,
-        mask=rules.brain_mask.output.mask,
+        mask=rules.anatomy.output.mask,
     output:
         hpphase=out(part="phase", desc="hpphase", suffix="T2starw.nii.gz"),
         hpphase_json=out(part="phase", desc="hpphase", suffix="T2starw.json"),

@@ -194,14 +194,16 @@ def test_mni_mask_pulled_onto_subject_matches_truth(phantom, registered):
 
 
 @pytest.mark.parametrize(("method", "bound"), [("auto", 0.96), ("intensity", 0.90)])
-def test_brain_mask_dice_on_phantom(phantom, method, bound):
+def test_brain_mask_dice_on_phantom(phantom, method, bound, tmp_path):
     img, mask, _ = phantom
-    found = anat.brain_mask(img, method=method)  # measured Dice: auto (template) 0.983, intensity 0.933
+    # measured Dice: auto (template) 0.983, intensity 0.933
+    found, registration = anat.brain_mask_and_registration(img, None, tmp_path / "reg_", method=method)
     assert found.shape == img.shape and found.dtype == bool
     assert _dice(found, mask) > bound
+    assert registration.transforms.affine.exists() and registration.similarity > 0.15
 
 
-def test_brain_mask_from_a_moved_sagittal_t1w(phantom):
+def test_brain_mask_from_a_moved_sagittal_t1w(phantom, tmp_path):
     img, mask, _ = phantom
     # Sagittal 1.5 mm T1w, array axes running P, I, L; the head moved 3 degrees / 2 mm between scans.
     pil = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
@@ -212,7 +214,7 @@ def test_brain_mask_from_a_moved_sagittal_t1w(phantom):
     t1w, _, _ = _head_phantom(seed=3, contrast="t1", affine=affine, shape=(150, 130, 120))
     assert nib.aff2axcodes(t1w.affine) == ("P", "I", "L")
 
-    found = anat.brain_mask(img, t1w)  # auto: deepbet on the T1w, rigid onto the magnitude
+    found, _ = anat.brain_mask_and_registration(img, t1w, tmp_path / "reg_")  # auto: deepbet on the T1w, rigid onto the magnitude
     assert found.shape == img.shape
     assert _dice(found, mask) > 0.94  # measured 0.973
 
@@ -227,7 +229,7 @@ def test_brain_volume_ml_uses_voxel_size():
 def test_unknown_method_and_transform_are_input_errors(phantom, tmp_path):
     img, mask, _ = phantom
     with pytest.raises(InputError, match="brain mask method"):
-        anat.brain_mask(img, method="bet")
+        anat.brain_mask_and_registration(img, None, tmp_path / "x_", method="bet")
     with pytest.raises(InputError, match="transform"):
         anat.register_to_mni(img, mask, tmp_path / "x_", transform="rigid")
     with pytest.raises(InputError, match="not found"):

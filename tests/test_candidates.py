@@ -7,7 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmbflow.candidates import CANDIDATE_COLUMNS, drop_repeated_centres, find_candidates, phase_dipole
+from cmbflow.candidates import (
+    CANDIDATE_COLUMNS,
+    drop_repeated_centres,
+    find_candidates,
+    phase_dipole,
+)
 from cmbflow.config import CandidateParams
 from cmbflow.evaluate import match_detections
 from cmbflow.image import ijk_to_xyz, voxel_sizes, xyz_to_ijk

@@ -19,9 +19,9 @@ pytestmark = pytest.mark.workflow
 # Output files of each layout (docs/inputs.md): a subject without a session as in a dataset
 # without sessions; a session's logs, benchmarks and report page in a ses-01/ subfolder.
 NO_SESSION = ["sub-001/anat/sub-001_desc-cmb_detections.tsv", "sub-001_report.html",
-              "logs/bias_correct/sub-001.log", "benchmarks/locate/sub-001.tsv"]
+              "logs/anatomy/sub-001.log", "benchmarks/classify/sub-001.tsv"]
 SESSION = ["sub-002/ses-01/anat/sub-002_ses-01_desc-cmb_detections.tsv", "ses-01/sub-002_ses-01_report.html",
-           "logs/bias_correct/ses-01/sub-002_ses-01.log", "benchmarks/locate/ses-01/sub-002_ses-01.tsv"]
+           "logs/anatomy/ses-01/sub-002_ses-01.log", "benchmarks/classify/ses-01/sub-002_ses-01.tsv"]
 
 
 @pytest.fixture(scope="module")

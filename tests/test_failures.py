@@ -14,7 +14,7 @@ import pytest
 from cmbflow.cohort import SUMMARY_COLUMNS, subject_status, write_partial_cohort_tables
 from cmbflow.errors import InputError
 from cmbflow.memory import PEAK_MB, check_memory, estimate_peak_mb
-from cmbflow.stages import bias_correct
+from cmbflow.stages import prepare_anatomy
 from cmbflow.step import run_step
 
 
@@ -32,12 +32,12 @@ def fail(problem):
 
 def test_input_error_ends_the_job_with_one_line_that_becomes_the_subjects_status(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
-        run_step(fake_job(tmp_path, "bias_correct", "sub-02"), fail, problem="file is empty")
+        run_step(fake_job(tmp_path, "anatomy", "sub-02"), fail, problem="file is empty")
     assert exit_.value.code == 1
     line = "sub-02: /bids/sub-02/anat/x.nii.gz: file is empty; re-export it"
     assert capsys.readouterr().err == f"cmbflow error: {line}\n"
     status = subject_status("sub-02", tmp_path / "missing.json", tmp_path / "logs")
-    assert status == f"failed in bias_correct: {line}"
+    assert status == f"failed in anatomy: {line}"
 
 
 def test_a_bug_keeps_its_traceback_in_the_log(tmp_path):
@@ -53,8 +53,8 @@ def test_a_bug_keeps_its_traceback_in_the_log(tmp_path):
 
 def test_problem_found_at_start_up_fails_the_first_job(tmp_path):
     with pytest.raises(InputError, match="^sub-04: /x: EchoTime differs; fix it$"):
-        bias_correct("/x.nii.gz", "last", tmp_path / "a.nii.gz", tmp_path / "a.json", "sub-04",
-                     problem="sub-04: /x: EchoTime differs; fix it")
+        prepare_anatomy("/x.nii.gz", None, "last", *(tmp_path / f"{name}" for name in "abcdefgh"), "sub-04",
+                        problem="sub-04: /x: EchoTime differs; fix it")
 
 
 def summary_row(participant):
@@ -72,8 +72,8 @@ def test_partial_cohort_tables_list_every_subject_with_its_status(tmp_path):
     (out / "sub-01" / "cmb.tsv").write_text("x\ty\tz\n1.0\t2.0\t3.0\n")
     for label, text in (("sub-02", "2026-01-01 10:00:00,000 ERROR root: sub-02: /b/x.nii.gz: file is empty; re-copy it\n"),
                         ("sub-03", "2026-01-01 10:00:00,000 INFO cmbflow.anat: N4\n")):
-        (logs / "bias_correct").mkdir(parents=True, exist_ok=True)
-        (logs / "bias_correct" / f"{label}.log").write_text(text)
+        (logs / "anatomy").mkdir(parents=True, exist_ok=True)
+        (logs / "anatomy" / f"{label}.log").write_text(text)
 
     missing = write_partial_cohort_tables(subjects, logs, out / "summary.csv", out / "calls.csv")
     assert missing == 3
@@ -82,8 +82,8 @@ def test_partial_cohort_tables_list_every_subject_with_its_status(tmp_path):
     assert list(summary.participant_id) == ["sub-01", "sub-02", "sub-03", "sub-04"]
     status = dict(zip(summary.participant_id, summary.status))
     assert status["sub-01"] == "ok" and summary.n_cmb.tolist()[0] == 1 and summary.n_cmb[1:].isna().all()
-    assert status["sub-02"] == "failed in bias_correct: sub-02: /b/x.nii.gz: file is empty; re-copy it"
-    assert status["sub-03"].startswith("not finished: bias_correct logged no error (still to run, or killed")
+    assert status["sub-02"] == "failed in anatomy: sub-02: /b/x.nii.gz: file is empty; re-copy it"
+    assert status["sub-03"].startswith("not finished: anatomy logged no error (still to run, or killed")
     assert status["sub-04"] == "not finished: no job of this subject has run"
     assert pd.read_csv(out / "calls.csv").participant_id.tolist() == ["sub-01"]
 
@@ -139,9 +139,9 @@ def test_show_prints_the_partial_table_when_subjects_failed(tmp_path, capsys):
     group = tmp_path / "group"
     group.mkdir()
     pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "n_cmb": [2, None], "n_lobar": [2, None],
-                  "status": ["ok", "failed in bias_correct: sub-02: x: file is empty; re-copy it"]}).to_csv(
+                  "status": ["ok", "failed in anatomy: sub-02: x: file is empty; re-copy it"]}).to_csv(
         group / "cohort_summary_partial.csv", index=False)
     run_show([str(tmp_path)])
     printed = capsys.readouterr().out
-    assert "cohort_summary_partial.csv" in printed and "failed in bias_correct: sub-02" in printed
+    assert "cohort_summary_partial.csv" in printed and "failed in anatomy: sub-02" in printed
     assert "n_lobar" in printed

@@ -120,30 +120,31 @@ def test_cohort_page_flags_failed_subjects_without_linking_them(tmp_path):
     assert 'href="../sub-01_report.html"' in html and 'href="../sub-02_report.html"' not in html
 
 
-@pytest.mark.parametrize("with_regions", [False, True])
-def test_subject_page_shows_regions_and_counts_when_present(tmp_path, with_regions):
+def test_subject_page_and_its_qc_row(tmp_path):
     img = scan(RAS, (61, 73, 41))
     mask = nib.Nifti1Image((img.get_fdata() > 0).astype(np.uint8), img.affine)
     nib.save(img, tmp_path / "mag.nii.gz")
     nib.save(mask, tmp_path / "mask.nii.gz")
-    (tmp_path / "mask.json").write_text(json.dumps({"Method": "magnitude-based"}))
+    (tmp_path / "mag.json").write_text(json.dumps({"EchoTime": 0.02, "MagneticFieldStrength": 3}))
+    (tmp_path / "mask.json").write_text(json.dumps({"Method": "magnitude-based", "BrainVolume_ml": 60.0}))
+    (tmp_path / "xfm.json").write_text(json.dumps({"RegistrationSimilarity": 0.31}))
     candidates = pd.DataFrame({"x": [CENTRE[0], 10.0], "y": [CENTRE[1], 5.0], "z": [CENTRE[2], -5.0],
-                               "probability": [0.99, 0.3], "radius_mm": [3.0, 1.0], "is_cmb": [True, False]})
-    metrics = {"n_cmb": 1, "n_candidates": 2, "phase_used": False, "brain_volume_ml": 60.0}
-    if with_regions:
-        candidates = candidates.assign(mni_x=[4.5, 11.0], mni_y=[-6.5, 5.0], mni_z=[10.5, -5.0],
-                                       region=["lobar", "deep"], lobe=["frontal", "n/a"], hemisphere=["L", "R"])
-        metrics |= {"n_lobar": 1, "n_deep": 0, "strictly_lobar": True}
+                               "probability": [0.99, 0.3], "radius_mm": [3.0, 1.0], "is_cmb": [True, False],
+                               "mni_x": [4.5, 11.0], "mni_y": [-6.5, 5.0], "mni_z": [10.5, -5.0],
+                               "region": ["lobar", "deep"], "lobe": ["frontal", "n/a"], "hemisphere": ["left", "right"]})
     candidates.to_csv(tmp_path / "candidates.tsv", sep="\t", index=False)
+    candidates[candidates["is_cmb"]].drop(columns="is_cmb").to_csv(tmp_path / "calls.tsv", sep="\t", index=False)
     (tmp_path / "candidates.json").write_text(json.dumps({"Classifier": "CandidateNet (magnitude model)"}))
-    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "sub-01_report.html"
     write_subject_report(
-        tmp_path / "mag.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "mask.json", tmp_path / "mag.nii.gz",
-        tmp_path / "candidates.tsv", tmp_path / "candidates.json", tmp_path / "metrics.json", None, None,
-        {"magnitude": None, "phase": None}, out, *(tmp_path / f"{name}.png" for name in "abcd"), label="sub-01")
+        tmp_path / "mag.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "mask.json", tmp_path / "xfm.json",
+        tmp_path / "mag.nii.gz", tmp_path / "candidates.tsv", tmp_path / "candidates.json", tmp_path / "calls.tsv",
+        None, None, {"magnitude": str(tmp_path / "mag.nii.gz"), "phase": None}, False, None,
+        tmp_path / "metrics.json", out, *(tmp_path / f"{name}.png" for name in "abcd"), label="sub-01")
+    row = json.loads((tmp_path / "metrics.json").read_text())
+    assert row["n_cmb"] == 1 and row["n_candidates"] == 2 and row["n_lobar_frontal"] == 1 and row["n_left"] == 1
+    assert row["echo_time_ms"] == 20.0 and row["registration_similarity"] == 0.31 and row["participant_id"] == "sub-01"
     html = out.read_text()
     assert html.count("data:image/png;base64,") == 4
     assert "no phase image" in html and "low brain volume" in html
-    assert ("<td>frontal</td>" in html) == with_regions
-    assert ("<th>n_lobar</th><td>1</td>" if with_regions else "<th>n_lobar</th><td>n/a</td>") in html
+    assert "<td>frontal</td>" in html and "<th>n_lobar</th><td>1</td>" in html

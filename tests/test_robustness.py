@@ -154,13 +154,13 @@ def edit(path, change):
 
 
 BROKEN = {  # subject: (break it, file, failing job, part of the message)
-    "101": (empty, "part-mag_T2starw.nii.gz", "bias_correct", "file is empty (0 bytes); re-export or re-copy"),
-    "102": (not_nifti, "part-mag_T2starw.nii.gz", "bias_correct", "not a readable NIfTI image"),
-    "103": (nan_voxels, "part-mag_T2starw.nii.gz", "bias_correct", "voxels are NaN or infinite; fix the export"),
-    "104": (constant, "part-mag_T2starw.nii.gz", "bias_correct", "image is constant (every voxel is 0)"),
-    "105": (absurd_voxels, "part-mag_T2starw.nii.gz", "bias_correct", "implausible voxel size"),
-    "106": (four_d_without_echo_times, "part-mag_T2starw.nii.gz", "bias_correct", "4D image of shape"),
-    "107": (phase_echo_time_differs, "part-phase_T2starw.nii.gz", "bias_correct", "EchoTime 0.5 s differs from the magnitude's"),
+    "101": (empty, "part-mag_T2starw.nii.gz", "anatomy", "file is empty (0 bytes); re-export or re-copy"),
+    "102": (not_nifti, "part-mag_T2starw.nii.gz", "anatomy", "not a readable NIfTI image"),
+    "103": (nan_voxels, "part-mag_T2starw.nii.gz", "anatomy", "voxels are NaN or infinite; fix the export"),
+    "104": (constant, "part-mag_T2starw.nii.gz", "anatomy", "image is constant (every voxel is 0)"),
+    "105": (absurd_voxels, "part-mag_T2starw.nii.gz", "anatomy", "implausible voxel size"),
+    "106": (four_d_without_echo_times, "part-mag_T2starw.nii.gz", "anatomy", "4D image of shape"),
+    "107": (phase_echo_time_differs, "part-phase_T2starw.nii.gz", "anatomy", "EchoTime 0.5 s differs from the magnitude's"),
     "108": (phase_shifted, "part-phase_T2starw.nii.gz", "phase_preproc", "affine differs from the magnitude's affine"),
     "109": (phase_in_hertz, "part-phase_T2starw.nii.gz", "phase_preproc", "not a phase unit"),
 }

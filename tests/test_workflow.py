@@ -129,7 +129,7 @@ def test_broken_subject_keeps_others_going_and_reruns_only_itself(cohort, tmp_pa
     assert (out / "sub-003" / "anat" / "sub-003_desc-cmb_detections.tsv").exists()
     assert not list((out / "sub-002").rglob("*.nii.gz")) if (out / "sub-002").exists() else True
     partial = pd.read_csv(out / "group" / "cohort_summary_partial.csv")
-    assert list(partial.status) == ["ok", f"failed in bias_correct: {errors[0].removeprefix('cmbflow error: ')}", "ok"]
+    assert list(partial.status) == ["ok", f"failed in anatomy: {errors[0].removeprefix('cmbflow error: ')}", "ok"]
 
     broken.write_bytes(original)
     planned = snakemake(bids, out, "--dry-run")

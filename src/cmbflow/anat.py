@@ -304,49 +304,47 @@ def _as_transforms(transforms: Transforms | RegistrationResult) -> Transforms:
 # --------------------------------------------------------------------------- brain mask
 
 
-def brain_mask(
+def brain_mask_and_registration(
     magnitude: nib.Nifti1Image,
-    t1w: nib.Nifti1Image | None = None,
+    t1w: nib.Nifti1Image | None,
+    out_prefix: str | Path,
     method: str = "auto",
     transform: str = "affine",
-) -> npt.NDArray[np.bool_]:
-    """Boolean brain mask on the magnitude grid; ``magnitude`` should be bias-corrected.
+) -> tuple[npt.NDArray[np.bool_], RegistrationResult]:
+    """Boolean brain mask on the magnitude grid and the subject's registration to MNI, from one
+    registration; ``magnitude`` should be bias-corrected. Transform files as in :func:`register_to_mni`.
 
     ``method``:
       * ``"auto"`` (default): ``"deepbet"`` when a T1w is given, else ``"template"``.
       * ``"template"``: rough intensity skull strip, register that brain to the MNI template
         (``transform``), pull the template's brain mask back onto the subject. Needs no
-        particular contrast and cannot leak into scalp, eyes or sinuses.
+        particular contrast and cannot leak into scalp, eyes or sinuses. That registration is
+        also the subject's: registering again with the finer mask moved the MARS region of no
+        true microbleed (``benchmarks/bench_registration.py``) and cost a second registration.
       * ``"deepbet"``: the deepbet network (trained on T1w) on the T1w when given (then moved
         onto the magnitude by a rigid registration), else on the magnitude itself.
       * ``"intensity"``: threshold, erode to cut the brain free of the scalp, keep the
         largest blob, dilate back inside the threshold, fill holes (fast, no registration).
+      With the last two, the brain they give is registered to MNI.
     """
     if method not in BRAIN_MASK_METHODS:
         raise InputError(f"unknown brain mask method {method!r}", fix=f"use one of {BRAIN_MASK_METHODS}")
     if method == "auto":
         method = "template" if t1w is None else "deepbet"
-    if method == "deepbet":
-        if t1w is None:
-            return _deepbet(magnitude)
-        return _t1w_mask_on_magnitude(_deepbet(t1w), t1w, magnitude)
+    if method == "template":
+        # The rough mask only has to be good enough for the registration; the boundary then
+        # comes from the template, which is immune to local contrast (bright CSF rim, dropout).
+        registration = register_to_mni(magnitude, _intensity_brain_mask(magnitude), out_prefix, transform)
+        _, mask_1mm = _template(1)
+        pulled = mni_to_subject_image(mask_1mm, magnitude, registration, interpolator="linear")
+        return np.asarray(pulled.dataobj) > 0.5, registration
     if method == "intensity":
-        return _intensity_brain_mask(magnitude)
-    return _template_brain_mask(magnitude, transform)
-
-
-def _template_brain_mask(magnitude: nib.Nifti1Image, transform: str) -> npt.NDArray[np.bool_]:
-    """Skull-strip roughly by intensity, register that brain to MNI, pull the MNI mask back.
-
-    The rough mask only has to be good enough for the registration; the boundary then comes
-    from the template, which is immune to local contrast (bright CSF rim, dropout, vessels).
-    """
-    rough = _intensity_brain_mask(magnitude)
-    _, mask_1mm = _template(1)
-    with tempfile.TemporaryDirectory(prefix="cmbflow_mask_") as tmp:
-        reg = register_to_mni(magnitude, rough, Path(tmp) / "mask_", transform=transform)
-        pulled = mni_to_subject_image(mask_1mm, magnitude, reg, interpolator="linear")
-    return np.asarray(pulled.dataobj) > 0.5
+        mask = _intensity_brain_mask(magnitude)
+    elif t1w is None:
+        mask = _deepbet(magnitude)
+    else:
+        mask = _t1w_mask_on_magnitude(_deepbet(t1w), t1w, magnitude)
+    return mask, register_to_mni(magnitude, mask, out_prefix, transform)
 
 
 def _intensity_brain_mask(magnitude: nib.Nifti1Image, erode_mm: float = 4.0) -> npt.NDArray[np.bool_]:

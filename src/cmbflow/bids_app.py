@@ -135,7 +135,11 @@ def output_lock(output_dir: Path) -> Iterator[None]:
 
 def make_shared_outputs(bids_dir: Path, output_dir: Path) -> None:
     """Write the outputs every subject shares, where missing (the rules of the same names make the same)."""
-    from cmbflow.derivatives import BIDSIGNORE, DATASET_DESCRIPTION, write_dataset_description
+    from cmbflow.derivatives import (
+        BIDSIGNORE,
+        DATASET_DESCRIPTION,
+        write_dataset_description,
+    )
     from cmbflow.mars import ATLAS_NAME, ATLAS_TABLE, write_mars_atlas
 
     with output_lock(output_dir):

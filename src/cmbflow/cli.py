@@ -18,7 +18,10 @@ from cmbflow import __version__, bids_app
 
 
 def run_simulate(argv: list[str]) -> int:
-    from cmbflow.simulate import PRESETS, simulate_cohort  # the simulator loads nilearn (seconds)
+    from cmbflow.simulate import (  # the simulator loads nilearn (seconds)
+        PRESETS,
+        simulate_cohort,
+    )
 
     parser = argparse.ArgumentParser(prog="cmbflow simulate", description="Write a simulated BIDS cohort with known microbleeds.")
     parser.add_argument("out", type=Path)

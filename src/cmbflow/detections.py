@@ -1,9 +1,8 @@
-"""The per-subject detection tables (BIDS-Derivatives TSV + JSON sidecar), and the locate step that
-writes the final ones."""
+"""The per-subject detection tables (BIDS-Derivatives TSV + JSON sidecar), and where their
+candidates lie (MNI position, region), added as the final ones are written."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from cmbflow.derivatives import bids_uri, sidecar
+from cmbflow.derivatives import sidecar
 from cmbflow.image import atomic_path, write_json
 from cmbflow.mars import read_mars_atlas
 from cmbflow.transforms import Transforms, points_to_mni
@@ -149,29 +148,29 @@ def superseded(xyz: npt.ArrayLike, probability: npt.ArrayLike,
 
 
 def locate_detections(
-    classified: str | Path,
-    classified_json: str | Path,
+    table: pd.DataFrame,
     xfm: str | Path,
     atlas: str | Path,
     out_candidates: str | Path,
     out_candidates_json: str | Path,
     out_calls: str | Path,
     out_calls_json: str | Path,
+    **fields: object,
 ) -> None:
-    """MNI position, MARS region and mimic flags of every candidate; the calls are the ``is_cmb`` rows."""
-    table = read_detections(classified)
+    """Write the final tables of classified candidates (``table``, with ``is_cmb`` and ``superseded``):
+    every candidate with its MNI position, MARS region and mimic flags, and the calls (the
+    ``is_cmb`` rows). ``fields``: the candidates sidecar's (Sources, the classifier's)."""
     mni = points_to_mni(table[["x", "y", "z"]].to_numpy(float), Transforms(Path(xfm)))
     location = pd.DataFrame(mni, columns=["mni_x", "mni_y", "mni_z"], index=table.index)
     location = location.join(read_mars_atlas(atlas).lookup(mni).set_axis(table.index))
     table = pd.concat([table, location], axis=1)
     calls = table[table["is_cmb"]].drop(columns=["is_cmb", "superseded"]).reset_index(drop=True)
     table = pd.concat([table, mimic_flags(table)], axis=1)
-    meta = json.loads(Path(classified_json).read_text())
-    about = {key: meta[key] for key in CLASSIFIER_FIELDS}
-    write_detections(  # the classified table is temporary: name its sources instead
+    about = {key: fields[key] for key in CLASSIFIER_FIELDS}
+    write_detections(
         table, out_candidates, out_candidates_json,
         description="Microbleed candidates with features, the classifier's probability, location and mimic flags",
-        Sources=meta["Sources"] + [bids_uri(xfm)], **about,
+        **fields,
     )
     write_detections(
         calls, out_calls, out_calls_json,

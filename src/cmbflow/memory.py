@@ -14,14 +14,13 @@ import nibabel as nib
 from cmbflow.errors import InputError
 
 #: Peak resident memory (MB) of a rule's job = fixed part (Python, numpy, torch, antspyx loaded) +
-#: MB per million voxels of the image it reads (for bias_correct: the input file, every echo of a
+#: MB per million voxels of the image it reads (for anatomy: the input file, every echo of a
 #: 4D file included). Fitted to peak RSS measured at 3.5 and 11.9 million voxels and rounded up
 #: (benchmarks/RESULTS.md, "Memory against image size"); subject_summary and the cohort rule read
-#: no voxels.
+#: no voxels. anatomy: the largest fixed and per-voxel parts of the three jobs it replaced (N4,
+#: brain mask, registration), which ran one after another.
 PEAK_MB: dict[str, tuple[float, float]] = {
-    "bias_correct": (600, 75),
-    "brain_mask": (760, 40),
-    "register_to_mni": (520, 32),
+    "anatomy": (760, 75),
     "phase_preproc": (560, 110),
     "candidates": (680, 20),
     "classify": (1030, 12),

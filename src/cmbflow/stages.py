@@ -23,8 +23,21 @@ import numpy as np
 from cmbflow import anat, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
-from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE, SWI, sidecar
-from cmbflow.detections import CLASSIFIER_FIELDS, read_detections, superseded, write_detections
+from cmbflow.derivatives import (
+    BRAIN_MASK,
+    HPPHASE,
+    N4_MAGNITUDE,
+    STAGE1_TABLE,
+    SWI,
+    sidecar,
+)
+from cmbflow.detections import (
+    CLASSIFIER_FIELDS,
+    locate_detections,
+    read_detections,
+    superseded,
+    write_detections,
+)
 from cmbflow.errors import InputError
 from cmbflow.frst import resolve_device
 from cmbflow.image import (
@@ -63,65 +76,58 @@ def load_gre(path: str | Path, echo: str | int, label: str) -> nib.Nifti1Image:
     return img.slicer[..., index]
 
 
-def bias_correct(
-    mag: str | Path, echo: str | int, out_image: str | Path, out_json: str | Path, label: str, problem: str | None = None
+def prepare_anatomy(
+    mag: str | Path,
+    t1w: str | Path | None,
+    echo: str | int,
+    out_n4: str | Path,
+    out_n4_json: str | Path,
+    out_mask: str | Path,
+    out_mask_json: str | Path,
+    out_xfm: str | Path,
+    out_xfm_json: str | Path,
+    out_warped: str | Path,
+    out_warped_json: str | Path,
+    label: str,
+    problem: str | None = None,
 ) -> None:
-    """N4 bias correction of the magnitude (also the first full check of the input file).
+    """N4 bias correction of the magnitude (also the first full check of the input file), brain
+    mask on its grid and affine registration to MNI152, from one registration (one process: each
+    step's own job spent about as long starting up as working).
 
     ``problem``: the subject's error found when the workflow started (see cmbflow.inputs), raised here.
     """
     if problem:
         raise InputError(problem)
-    img = load_gre(mag, echo, label)
-    corrected = anat.n4_bias_correct(img)
-    save_image(corrected.get_fdata(dtype=np.float32), img.affine, out_image)
-    write_json(sidecar([mag], Description="N4 bias-corrected magnitude", SkullStripped=False), out_json)
-
-
-def make_brain_mask(
-    mag: str | Path, t1w: str | Path | None, out_mask: str | Path, out_json: str | Path, label: str
-) -> None:
-    """Brain mask on the magnitude grid."""
-    img = load_image(mag, subject=label)
+    img = anat.n4_bias_correct(load_gre(mag, echo, label))
+    save_image(img.get_fdata(dtype=np.float32), img.affine, out_n4)
+    write_json(sidecar([mag], Description="N4 bias-corrected magnitude", SkullStripped=False), out_n4_json)
     t1w_img = load_image(t1w, subject=label) if t1w else None
-    mask = anat.brain_mask(img, t1w_img)
-    volume = anat.brain_volume_ml(mask, img.affine)
-    if volume < 300:  # an adult brain is 1000-1600 ml; far less means the mask failed
-        raise InputError(f"brain mask holds only {volume:.0f} ml", subject=label, path=mag,
-                         fix="check the image in a viewer (field of view, contrast, artefacts)")
+    with tempfile.TemporaryDirectory(prefix="cmbflow_reg_", dir=Path(out_xfm).parent.parent) as tmp:
+        mask, registration = anat.brain_mask_and_registration(img, t1w_img, Path(tmp) / "reg_")
+        volume = anat.brain_volume_ml(mask, img.affine)
+        if volume < 300:  # an adult brain is 1000-1600 ml; far less means the mask failed
+            raise InputError(f"brain mask holds only {volume:.0f} ml", subject=label, path=mag,
+                             fix="check the image in a viewer (field of view, contrast, artefacts)")
+        with atomic_path(out_xfm) as dst:
+            shutil.copyfile(registration.transforms.affine, dst)
     save_image(mask, img.affine, out_mask, dtype=np.uint8)
     write_json(
-        sidecar([t1w] if t1w else [], [mag], Type="Brain", Description="brain mask", BrainVolume_ml=round(volume, 1),
+        sidecar([t1w] if t1w else [], [out_n4], Type="Brain", Description="brain mask", BrainVolume_ml=round(volume, 1),
                 Method="T1w-based" if t1w else "magnitude-based"),
-        out_json,
+        out_mask_json,
     )
-
-
-def register_to_template(
-    mag: str | Path,
-    mask: str | Path,
-    out_xfm: str | Path,
-    out_warped: str | Path,
-    out_warped_json: str | Path,
-    out_json: str | Path,
-    label: str,
-) -> None:
-    """Affine registration of the skull-stripped magnitude to MNI152 (transform kept)."""
-    img = load_image(mag, subject=label)
-    with tempfile.TemporaryDirectory(prefix="cmbflow_reg_", dir=Path(out_xfm).parent.parent) as tmp:
-        result = anat.register_to_mni(img, _mask(mask, label), Path(tmp) / "reg_", transform="affine")
-        with atomic_path(out_xfm) as dst:
-            shutil.copyfile(result.transforms.affine, dst)
-    save_image(result.warped.get_fdata(dtype=np.float32), result.warped.affine, out_warped)
-    write_json(sidecar([], [mag, mask, out_xfm], SkullStripped=True,
+    warped = registration.warped
+    save_image(warped.get_fdata(dtype=np.float32), warped.affine, out_warped)
+    write_json(sidecar([], [out_n4, out_mask, out_xfm], SkullStripped=True,
                        Description="bias-corrected magnitude, skull-stripped, in template space (QC)"),
                out_warped_json)
     write_json(
-        sidecar([], [mag, mask], Description="ANTs affine transform (subject -> template)",
+        sidecar([], [out_n4, out_mask], Description="ANTs affine transform (subject -> template)",
                 FromSpace="T2starw", ToSpace=anat.MNI_SPACE, Software="antspyx",
-                RegistrationSimilarity=round(result.similarity, 4),
+                RegistrationSimilarity=round(registration.similarity, 4),
                 SimilarityMetric="entropy correlation coefficient in the template brain"),
-        out_json,
+        out_xfm_json,
     )
 
 
@@ -191,15 +197,20 @@ def classify_candidates(
     image: str | Path,
     mask: str | Path,
     hpphase: str | Path | None,
-    out_tsv: str | Path,
-    out_json: str | Path,
+    xfm: str | Path,
+    atlas: str | Path,
+    out_candidates: str | Path,
+    out_candidates_json: str | Path,
+    out_calls: str | Path,
+    out_calls_json: str | Path,
     params: ClassifierConfig,
     paramagnetic_sign: int,
     device: str,
     label: str,
 ) -> None:
     """Stage 2: the CNN's microbleed probability for every candidate, and ``is_cmb`` above threshold
-    (of candidates within :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable).
+    (of candidates within :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable); then
+    where each lies, as the final tables are written (:func:`cmbflow.detections.locate_detections`).
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
@@ -219,22 +230,22 @@ def classify_candidates(
              label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)
     about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
                                          torch_device.type, classifier.weights_sha256)))
-    write_detections(
-        table, out_tsv, out_json,
-        description="Microbleed candidates with features and the classifier's probability",
-        **sidecar([], [stage1, image, mask] + ([hpphase] if hpphase else [])), **about,
-    )
+    # The stage-1 table is temporary: name its sources instead.
+    sources = sidecar([], [image, mask] + ([hpphase] if hpphase else []) + [xfm])
+    locate_detections(table, xfm, atlas, out_candidates, out_candidates_json, out_calls, out_calls_json,
+                      **sources, **about)
 
 
 def run_stage1(
     bids_dir: str | Path, label: str, out_dir: str | Path, echo: str | int, phase_params: PhaseConfig,
     candidate_params: CandidateParams, device: str,
 ) -> None:
-    """Stage 1 of one simulated scan in one process: the workflow's bias_correct, brain_mask,
-    phase_preproc and candidates steps, with the same functions and file names (training data).
+    """Stage 1 of one simulated scan in one process: the workflow's anatomy, phase_preproc and
+    candidates steps, with the same functions and file names (training data; the MNI transform
+    and warped magnitude land in the anat folder).
 
-    As four jobs, each starting Python and importing torch and ANTs (3 s), a simulated scan spent
-    about a third of its stage-1 time starting up; training runs 60 scans.
+    As separate jobs, each starting Python and importing torch and ANTs (3 s), a simulated scan
+    spent about a third of its stage-1 time starting up; training runs 60 scans.
     """
     raw = Path(bids_dir) / label / "anat" / label
     phase_path = Path(f"{raw}_part-phase_T2starw.nii.gz")
@@ -242,8 +253,9 @@ def run_stage1(
     out = Path(out_dir) / label / "anat" / label
     out.parent.mkdir(parents=True, exist_ok=True)
     n4, mask, hpphase, swi, table = (f"{out}{end}" for end in (N4_MAGNITUDE, BRAIN_MASK, HPPHASE, SWI, STAGE1_TABLE))
-    bias_correct(f"{raw}_part-mag_T2starw.nii.gz", echo, f"{n4}.nii.gz", f"{n4}.json", label)
-    make_brain_mask(f"{n4}.nii.gz", None, f"{mask}.nii.gz", f"{mask}.json", label)
+    xfm, warped = f"{out}_from-T2starw_to-{anat.MNI_SPACE}_mode-image_xfm", f"{out}_space-{anat.MNI_SPACE}{N4_MAGNITUDE}"
+    prepare_anatomy(f"{raw}_part-mag_T2starw.nii.gz", None, echo, f"{n4}.nii.gz", f"{n4}.json", f"{mask}.nii.gz",
+                    f"{mask}.json", f"{xfm}.mat", f"{xfm}.json", f"{warped}.nii.gz", f"{warped}.json", label)
     if has_phase:
         preprocess_phase(f"{n4}.nii.gz", phase_path, f"{mask}.nii.gz", echo, f"{hpphase}.nii.gz", f"{hpphase}.json",
                          f"{swi}.nii.gz", f"{swi}.json", phase_params, label)

@@ -24,9 +24,21 @@ from torch.nn import functional as F
 from cmbflow.config import TrainParams
 from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE
 from cmbflow.detections import superseded
-from cmbflow.evaluate import FROC_FP_RATES, detection_metrics, froc_curve, match_detections
+from cmbflow.evaluate import (
+    FROC_FP_RATES,
+    detection_metrics,
+    froc_curve,
+    match_detections,
+)
 from cmbflow.image import atomic_path, voxel_sizes, write_json
-from cmbflow.model import CandidateNet, Classifier, ModelSpec, ResidualNet, load_model, save_model
+from cmbflow.model import (
+    CandidateNet,
+    Classifier,
+    ModelSpec,
+    ResidualNet,
+    load_model,
+    save_model,
+)
 from cmbflow.patches import candidate_features, candidate_patches, n_features
 
 log = logging.getLogger(__name__)

@@ -112,7 +112,9 @@ def _affine_points(lps: npt.NDArray[np.float64], path: str, inverse: bool) -> np
 
 def _warp_points(lps: npt.NDArray[np.float64], path: str) -> npt.NDArray[np.float64]:
     """Points through an ANTs displacement field (after SyN): the one use of ANTs here."""
-    from cmbflow.anat import ants  # ITK's threads are set before ANTs loads (see cmbflow.anat)
+    from cmbflow.anat import (
+        ants,  # ITK's threads are set before ANTs loads (see cmbflow.anat)
+    )
 
     points = pd.DataFrame(lps, columns=["x", "y", "z"])
     moved = ants.apply_transforms_to_points(3, points, [path], whichtoinvert=[False])

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cmbflow import __version__
+from cmbflow.cohort import summarise_subject
 from cmbflow.detections import read_detections
 from cmbflow.image import atomic_path, load_image, read_sidecar
 from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
@@ -118,13 +119,17 @@ def write_subject_report(
     magnitude: str | Path,
     mask: str | Path,
     mask_json: str | Path,
+    xfm_json: str | Path,
     warped: str | Path,
     candidates: str | Path,
     candidates_json: str | Path,
-    metrics: str | Path,
+    calls: str | Path,
     hpphase: str | Path | None,
     swi: str | Path | None,
     sources: dict[str, str | None],
+    has_phase: bool,
+    echo: int | None,
+    out_metrics: str | Path,
     out_html: str | Path,
     out_mask_png: str | Path,
     out_registration_png: str | Path,
@@ -132,7 +137,11 @@ def write_subject_report(
     out_rejected_png: str | Path,
     label: str,
 ) -> None:
-    """One subject's QC page: inputs, mask and registration overlays, every call, top rejected candidates."""
+    """One subject's QC: its row of the cohort summary (:func:`cmbflow.cohort.summarise_subject`, in
+    ``out_metrics``), and its page: inputs, mask and registration overlays, every call, top
+    rejected candidates."""
+    summarise_subject(magnitude, mask_json, xfm_json, candidates, calls, sources["magnitude"], has_phase, echo,
+                      out_metrics, label)
     mag_img = load_image(magnitude, subject=label)
     mask_img = load_image(mask, subject=label)
     inside = np.asarray(mask_img.dataobj) > 0.5
@@ -151,7 +160,7 @@ def write_subject_report(
                      out_calls_png)
     figures.save_png(figures.montage_figure(rejected, channels, "no rejected candidates"), out_rejected_png)
 
-    qc = json.loads(Path(metrics).read_text())
+    qc = json.loads(Path(out_metrics).read_text())
     model = json.loads(Path(candidates_json).read_text())
     source = read_sidecar(sources["magnitude"]) if sources.get("magnitude") else {}
     acquisition = {
