@@ -6,6 +6,7 @@ from cmbflow.config import load_config, require_dataset
 from cmbflow.derivatives import write_run_config
 from cmbflow.errors import InputError
 from cmbflow.inputs import collect_subject_inputs, find_files
+from cmbflow.ratings import ratings_files
 
 snakebids.set_bids_spec("v0_15_0")  # BIDS entity order (part- before desc-)
 CFG = load_config(config, need_dataset=False)  # snakemake train needs no dataset
@@ -113,15 +114,23 @@ def label(wildcards):
 
 
 def participant_outputs(wildcards):
-    """Every selected subject's outputs (its report needs all of them); stops here, with one line,
-    when bids_dir or output_dir is missing."""
+    """Every selected subject's outputs (its report needs all but the viewer files); stops here,
+    with one line, when bids_dir or output_dir is missing."""
     require_dataset(CFG)
-    return expand_subjects(rules.subject_report.output.html)
+    return [path for pattern in [rules.subject_report.output.html, *rules.viewer_files.output]
+            for path in expand_subjects(pattern)]
 
 
 def group_outputs(wildcards):
     require_dataset(CFG)
     return [*rules.cohort.output, *rules.cohort_report.output]
+
+
+def ratings_inputs(wildcards):
+    """Every subject's ratings files: a change in them reruns the cohort tables, and nothing else."""
+    if CFG.ratings_dir is None:
+        return []
+    return [path for label in SUBJECTS for path in ratings_files(CFG.ratings_dir, label)]
 
 
 def phase_report_inputs(wildcards):

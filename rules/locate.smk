@@ -44,3 +44,27 @@ rule locate:
         "../envs/cmbflow.yaml"
     script:
         "../workflow_scripts/locate.py"
+
+
+# The calls as raters see them: a label map and a 3D Slicer point list (docs/ratings.md).
+rule viewer_files:
+    input:
+        calls=rules.locate.output.calls,
+        grid=rules.bias_correct.output.mag,
+    output:
+        dseg=out(desc="cmb", suffix="dseg.nii.gz"),
+        dseg_tsv=out(desc="cmb", suffix="dseg.tsv"),
+        dseg_json=out(desc="cmb", suffix="dseg.json"),
+        markups=out(desc="cmb", suffix="markups.mrk.json"),
+    log:
+        log_path("viewer_files"),
+    benchmark:
+        benchmark_path("viewer_files"),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/cmbflow.yaml"
+    script:
+        "../workflow_scripts/viewer_files.py"

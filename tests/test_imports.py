@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "ants")
 
 #: Rules whose jobs read tables and small files only.
-LIGHT_RULES = ("subject_summary", "locate", "cohort", "cohort_report", "subject_report", "dataset_description",
-               "mars_atlas")
+LIGHT_RULES = ("subject_summary", "locate", "viewer_files", "cohort", "cohort_report", "subject_report",
+               "dataset_description", "mars_atlas")
 
 _IMPORT = re.compile(r"^from (cmbflow[\w.]*) import", re.MULTILINE)
 

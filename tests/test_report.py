@@ -120,6 +120,15 @@ def test_cohort_page_flags_failed_subjects_without_linking_them(tmp_path):
     assert 'href="../sub-01_report.html"' in html and 'href="../sub-02_report.html"' not in html
 
 
+def test_cohort_page_counts_no_missed_bleed_as_a_call(tmp_path):
+    SUMMARY.to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame({"participant_id": ["sub-01"] * 3, "session_id": np.nan, "x": [1.0, 2.0, 3.0],
+                  "rating": ["accept", "missed", "missed"]}).to_csv(tmp_path / "c.csv", index=False)
+    out = tmp_path / "group" / "cohort_report.html"
+    write_cohort_report(tmp_path / "s.csv", tmp_path / "c.csv", out, tmp_path / "group" / "counts.png", {})
+    assert "Cohort: 1 microbleeds in 2 scans" in out.read_text()
+
+
 @pytest.mark.parametrize("with_regions", [False, True])
 def test_subject_page_shows_regions_and_counts_when_present(tmp_path, with_regions):
     img = scan(RAS, (61, 73, 41))

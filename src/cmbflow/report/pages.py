@@ -200,6 +200,8 @@ def write_cohort_report(
     """
     table = pd.read_csv(summary)
     calls = pd.read_csv(detections)
+    if "rating" in calls.columns:  # bleeds the raters found and the model missed are no calls
+        calls = calls[calls["rating"] != "missed"]
     figures.save_png(figures.cohort_figure(table, calls), out_png)
     labels = [row.participant_id + (f"_{row.session_id}" if _known(row.session_id) else "")
               for row in table.itertuples()]
