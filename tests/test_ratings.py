@@ -54,7 +54,7 @@ def test_a_call_no_rater_rated_has_no_rating(tmp_path):
     ([(0, 0, 0, "maybe")], "row 2: rating 'maybe' is not one of accept, reject, unsure, missed"),
     ([(0, 0, 0, "accept"), (5, 0, 0, "accept")], "row 3: accept at (5, 0, 0) is not within 1 mm of a call"),
     ([(0, 0, 0, "accept"), (0, 0, 0.1, "reject")], "row 3: reject at (0, 0, 0.1) is not within 1 mm of a call"),
-    ([(20, 0, 0.5, "missed")], "row 2: missed within 1 mm of a call"),
+    ([(20, 0, 0.5, "missed")], "row 2: missed at (20, 0, 0.5) is within 1 mm of a call"),
     ([("a", 0, 0, "accept")], "row 2: x y z must be numbers"),
 ])
 def test_bad_ratings_are_one_line_naming_subject_and_file(tmp_path, rows, message):
@@ -136,6 +136,18 @@ def test_edited_label_map_kept_removed_and_new_labels(tmp_path):
     assert set(rows.rater) == {"ann"}
     rated = rate_subject(CALLS, [path], "sub-01")
     assert rated.ratings == ["accept", "reject"] and len(rated.missed) == 2
+
+
+def test_a_label_map_of_other_calls_is_an_error(tmp_path):
+    path = tmp_path / "sub-01_desc-cmb_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(call_label_map(CALLS, (30, 30, 30), AFFINE), AFFINE), path)
+    with pytest.raises(InputError, match="label 1 is not where call 1 of the calls table is"):
+        read_edited_label_map(path, CALLS.iloc[::-1].reset_index(drop=True), "sub-01")
+    labels = call_label_map(CALLS, (30, 30, 30), AFFINE)
+    labels[10, 10, 10] = 9  # a call relabelled: a new label at a call is no missed bleed
+    nib.save(nib.Nifti1Image(labels, AFFINE), path)
+    with pytest.raises(InputError, match=r"^sub-01: \S+: missed at \(0, 0, 0\) is within 1 mm of a call"):
+        rate_subject(CALLS, [path], "sub-01")
 
 
 def summary(tmp_path, participant):

@@ -110,9 +110,10 @@ def write_cohort_tables(
             files = ratings_files(ratings_dir, label)
             rated = rate_subject(calls, files, label)
             calls["rating"] = rated.ratings
-            ints = {c: "Int64" for c, kind in calls.dtypes.items() if pd.api.types.is_integer_dtype(kind)}
-            missed = rated.missed[["x", "y", "z"]].assign(rating="missed")  # i j k stay integers, empty here
-            calls = pd.concat([calls, missed], ignore_index=True).astype(ints)
+            # i j k stay integers (empty in missed rows), x y z floats (also after a subject without calls)
+            kinds = {c: "Int64" for c, kind in calls.dtypes.items() if pd.api.types.is_integer_dtype(kind)}
+            missed = rated.missed[["x", "y", "z"]].assign(rating="missed")
+            calls = pd.concat([calls, missed], ignore_index=True).astype(kinds | dict.fromkeys("xyz", float))
             row["rating_status"] = "rated" if files else "not rated"
             if files:
                 row |= {"n_cmb_rated": rated.ratings.count("accept") + len(rated.missed),

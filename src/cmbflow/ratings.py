@@ -24,7 +24,7 @@ from scipy.spatial import cKDTree
 
 from cmbflow.detections import SAME_LESION_MM
 from cmbflow.errors import InputError
-from cmbflow.image import ijk_to_xyz
+from cmbflow.image import ijk_to_xyz, voxel_sizes
 
 RATINGS = ("accept", "reject", "unsure", "missed")
 #: A rating is of the call within this distance: viewers give back the positions they were given.
@@ -92,7 +92,18 @@ def read_edited_label_map(path: str | Path, calls: pd.DataFrame, label: str) -> 
                          fix="save the edited segmentation as a 3D NIfTI")
     present = set(np.unique(data).tolist())
     numbers = np.arange(1, len(calls) + 1)
-    rows = [calls[["x", "y", "z"]].assign(rating=np.where(np.isin(numbers, list(present)), "accept", "reject"))]
+    kept = [n for n in numbers.tolist() if n in present]
+    # A map of other calls (the model rerun since) would rate the wrong calls: each kept label
+    # must still lie about where its call is.
+    centres = ijk_to_xyz(img.affine, np.reshape(ndimage.center_of_mass(data > 0, data, kept), (-1, 3)))
+    kept_rows = np.array(kept, dtype=int) - 1
+    slack = calls["radius_mm"].to_numpy(float)[kept_rows] + voxel_sizes(img.affine).max()
+    off = np.linalg.norm(centres - calls[["x", "y", "z"]].to_numpy(float)[kept_rows], axis=1) > slack
+    if off.any():
+        n = kept[int(np.argmax(off))]
+        raise InputError(f"label {n} is not where call {n} of the calls table is", subject=label, path=path,
+                         fix="rate the label map of the current calls (*_desc-cmb_dseg.nii.gz in the output)")
+    rows = [calls[["x", "y", "z"]].assign(rating=np.where(np.isin(numbers, kept), "accept", "reject"))]
     for value in sorted(present - {0} - set(numbers.tolist())):
         components, n = ndimage.label(data == value, structure=np.ones((3, 3, 3)))
         centroids = ndimage.center_of_mass(components > 0, components, range(1, n + 1))
@@ -179,16 +190,15 @@ def rate_subject(calls: pd.DataFrame, files: Sequence[str | Path], label: str) -
             xyz = rows[["x", "y", "z"]].to_numpy(float)
             near = match_to_calls(xyz[is_missed], calls_xyz)
             if (near >= 0).any():
-                row = rows.index[is_missed][int(np.argmax(near >= 0))]
-                raise InputError(f"row {row + 2}: missed within {MATCH_MM:g} mm of a call", subject=label, path=path,
+                raise InputError(f"{_where(path, rows, rows.index[is_missed][int(np.argmax(near >= 0))])} is within "
+                                 f"{MATCH_MM:g} mm of a call", subject=label, path=path,
                                  fix="rate a call with accept, reject or unsure; missed is for bleeds without a call")
             matched = match_to_calls(xyz[~is_missed], calls_xyz)
             if (matched < 0).any():
-                row = rows.index[~is_missed][int(np.argmax(matched < 0))]
-                raise InputError(f"row {row + 2}: {rows.rating[row]} at ({rows.x[row]:g}, {rows.y[row]:g}, "
-                                 f"{rows.z[row]:g}) is not within {MATCH_MM:g} mm of a call of its own", subject=label,
-                                 path=path, fix="give a call's position from the calls table (one row per call "
-                                 "and rater), or rate a bleed without a call as missed")
+                raise InputError(f"{_where(path, rows, rows.index[~is_missed][int(np.argmax(matched < 0))])} is "
+                                 f"not within {MATCH_MM:g} mm of a call of its own", subject=label, path=path,
+                                 fix="give a call's position from the calls table (one row per call and rater), "
+                                 "or rate a bleed without a call as missed")
             verdicts.loc[calls.index[matched], rater] = rows.rating.to_numpy()[~is_missed]
             missed.append(rows[is_missed])
     missed_rows = pd.concat(missed) if missed else pd.DataFrame(columns=["x", "y", "z", "rater"])
@@ -197,6 +207,12 @@ def rate_subject(calls: pd.DataFrame, files: Sequence[str | Path], label: str) -
         ratings=[consensus([v for v in row if pd.notna(v)]) for row in verdicts.itertuples(index=False)],
         missed=missed_bleeds(missed_rows, sorted(seen)),
     )
+
+
+def _where(path: Path, rows: pd.DataFrame, row: int) -> str:
+    """A rating in an error message: its line in a table, and its position in either kind of file."""
+    line = "" if path.name.endswith(".nii.gz") else f"row {row + 2}: "
+    return f"{line}{rows.rating[row]} at ({rows.x[row]:g}, {rows.y[row]:g}, {rows.z[row]:g})"
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
