@@ -6,6 +6,7 @@ from cmbflow.config import load_config, require_dataset
 from cmbflow.derivatives import write_run_config
 from cmbflow.errors import InputError
 from cmbflow.inputs import collect_subject_inputs, find_files
+from cmbflow.ratings import ratings_files
 
 snakebids.set_bids_spec("v0_15_0")  # BIDS entity order (part- before desc-)
 CFG = load_config(config, need_dataset=False)  # snakemake train needs no dataset
@@ -122,6 +123,13 @@ def participant_outputs(wildcards):
 def group_outputs(wildcards):
     require_dataset(CFG)
     return [*rules.cohort.output, *rules.cohort_report.output]
+
+
+def ratings_inputs(wildcards):
+    """Every subject's ratings files: a change in them reruns the cohort tables, and nothing else."""
+    if CFG.ratings_dir is None:
+        return []
+    return [path for label in SUBJECTS for path in ratings_files(CFG.ratings_dir, label)]
 
 
 def phase_report_inputs(wildcards):

@@ -7,20 +7,29 @@ if CFG.analysis_level == "group":  # aggregate the subjects already processed, n
     SUBJECTS = {
         key: subject
         for key, subject in SUBJECTS.items()
-        if all(os.path.exists(p.format(**subject.wildcards)) for p in [rules.subject_report.output.metrics] + rules.classify.output)
+        if all(os.path.exists(p.format(**subject.wildcards))
+               for p in [rules.subject_report.output.metrics, *rules.classify.output])
     }
     if not SUBJECTS:
         raise InputError("group: no subject has finished outputs yet", path=OUT,
                          fix="run the participant level first")
 
 
+# With ratings, the agreement between raters joins the cohort tables.
+COHORT_TABLES = {"summary": f"{OUT}/group/cohort_summary.csv", "detections": f"{OUT}/group/cohort_detections.csv"}
+if CFG.ratings_dir is not None:
+    COHORT_TABLES["agreement"] = f"{OUT}/group/rater_agreement.csv"
+
+
 rule cohort:
     input:
         summaries=expand_subjects(rules.subject_report.output.metrics),
         detections=expand_subjects(rules.classify.output.calls),
+        ratings=ratings_inputs,
     output:
-        summary=f"{OUT}/group/cohort_summary.csv",
-        detections=f"{OUT}/group/cohort_detections.csv",
+        **COHORT_TABLES,
+    params:
+        ratings_dir=CFG.ratings_dir and str(CFG.ratings_dir),
     log:
         f"{OUT}/logs/cohort.log",
     threads: 1

@@ -1,6 +1,7 @@
-# Per-subject QC: the subject's row of the cohort summary (counts by region, acquisition, QC
-# metrics) and one self-contained HTML page (fMRIPrep-style, at the top of output_dir). The
-# figures are also PNG files, marked for `snakemake --report`.
+# Per subject: its row of the cohort summary (counts by region, acquisition, QC metrics), one
+# self-contained HTML page (fMRIPrep-style, at the top of output_dir), and the calls as raters
+# open them in a viewer: a label map and a 3D Slicer point list (docs/ratings.md). The figures
+# are also PNG files, marked for `snakemake --report`.
 
 
 rule subject_report:
@@ -21,6 +22,10 @@ rule subject_report:
         registration_png=qc_figure("registration", "Registration", "registration", space="MNI152NLin2009aSym"),
         calls_png=qc_figure("calls", "Microbleed calls", "calls"),
         rejected_png=qc_figure("rejected", "Rejected candidates", "rejected"),
+        dseg=out(desc="cmb", suffix="dseg.nii.gz"),
+        dseg_tsv=out(desc="cmb", suffix="dseg.tsv"),
+        dseg_json=out(desc="cmb", suffix="dseg.json"),
+        markups=out(desc="cmb", suffix="markups.mrk.json"),
     params:
         label=label,
         sources=report_sources,

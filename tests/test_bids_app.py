@@ -35,6 +35,11 @@ def test_classifier_flags_merge_into_one_nested_entry():
     assert [json.loads(e.split("=", 1)[1]) for e in classifier] == [{"model_dir": "/models/site", "threshold": 0.7}]
 
 
+def test_ratings_dir_reaches_the_config():
+    assert f'ratings_dir="{Path("/r").resolve()}"' in config_of(command("group", "--ratings-dir", "/r"))
+    assert not any(e.startswith("ratings_dir=") for e in config_of(command("group")))
+
+
 def test_labels_stay_strings():
     entries = config_of(command("participant", "--participant-label", "001", "sub-02"))
     assert 'participant_label=["001", "sub-02"]' in entries

@@ -27,6 +27,7 @@ def test_shipped_config_is_valid(tmp_path):
         ({"echo": "middle"}, "key 'echo' = 'middle'"),
         ({"participant_label": ["../etc"]}, "alphanumeric"),
         ({"bids_dir": "/no/such/dataset"}, "key 'bids_dir' = '/no/such/dataset': Value error, no such folder"),
+        ({"ratings_dir": "/no/ratings"}, "key 'ratings_dir' = '/no/ratings': Value error, no such folder (the raters'"),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(tmp_path, extra, fragment):

@@ -120,6 +120,15 @@ def test_cohort_page_flags_failed_subjects_without_linking_them(tmp_path):
     assert 'href="../sub-01_report.html"' in html and 'href="../sub-02_report.html"' not in html
 
 
+def test_cohort_page_counts_no_missed_bleed_as_a_call(tmp_path):
+    SUMMARY.to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame({"participant_id": ["sub-01"] * 3, "session_id": np.nan, "x": [1.0, 2.0, 3.0],
+                  "rating": ["accept", "missed", "missed"]}).to_csv(tmp_path / "c.csv", index=False)
+    out = tmp_path / "group" / "cohort_report.html"
+    write_cohort_report(tmp_path / "s.csv", tmp_path / "c.csv", out, tmp_path / "group" / "counts.png", {})
+    assert "Cohort: 1 microbleeds in 2 scans" in out.read_text()
+
+
 def test_subject_page_and_its_qc_row(tmp_path):
     img = scan(RAS, (61, 73, 41))
     mask = nib.Nifti1Image((img.get_fdata() > 0).astype(np.uint8), img.affine)
@@ -140,7 +149,10 @@ def test_subject_page_and_its_qc_row(tmp_path):
         tmp_path / "mag.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "mask.json", tmp_path / "xfm.json",
         tmp_path / "mag.nii.gz", tmp_path / "candidates.tsv", tmp_path / "candidates.json", tmp_path / "calls.tsv",
         None, None, {"magnitude": str(tmp_path / "mag.nii.gz"), "phase": None}, False, None,
-        tmp_path / "metrics.json", out, *(tmp_path / f"{name}.png" for name in "abcd"), label="sub-01")
+        tmp_path / "metrics.json", out, *(tmp_path / f"{name}.png" for name in "abcd"),
+        *(tmp_path / name for name in ("cmb_dseg.nii.gz", "cmb_dseg.tsv", "cmb_dseg.json", "cmb.mrk.json")),
+        label="sub-01")
+    assert np.asarray(nib.load(tmp_path / "cmb_dseg.nii.gz").dataobj).max() == 1  # one call (tests/test_viewer.py)
     row = json.loads((tmp_path / "metrics.json").read_text())
     assert row["n_cmb"] == 1 and row["n_candidates"] == 2 and row["n_lobar_frontal"] == 1 and row["n_left"] == 1
     assert row["echo_time_ms"] == 20.0 and row["registration_similarity"] == 0.31 and row["participant_id"] == "sub-01"

@@ -3,6 +3,7 @@
 import base64
 import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -223,6 +224,31 @@ def test_sessions_name_outputs_per_session(tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-2000:]
     assert "sub-001/ses-01/anat/sub-001_ses-01_desc-cmb_detections.tsv" in text
+
+
+@pytest.mark.dryrun
+def test_a_change_in_ratings_reruns_only_the_cohort_tables(tmp_path):
+    """Every output made (empty files, all as old as each other), then a rater edits a file."""
+    bids = tiny_cohort(tmp_path / "bids", 1)
+    ratings = tmp_path / "ratings" / "sub-001" / "sub-001_desc-cmb_ratings.tsv"
+    ratings.parent.mkdir(parents=True)
+    ratings.write_text("x\ty\tz\trating\n")
+    out, config = tmp_path / "out", f"ratings_dir={ratings.parents[1]}"
+    listed = snakemake(bids, out, config, "--summary")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    now = ratings.stat().st_mtime
+    for line in listed.stdout.splitlines()[1:]:
+        path = Path(line.split("\t")[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (now + 10, now + 10))
+    assert out / "group" / "rater_agreement.csv" in [Path(line.split("\t")[0]) for line in listed.stdout.splitlines()]
+
+    os.utime(ratings, (now + 20, now + 20))
+    planned = snakemake(bids, out, config, "--dry-run")
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", planned.stdout, flags=re.MULTILINE))
+    assert counts == {"cohort": "1", "cohort_report": "1", "all": "1", "total": "3"}
 
 
 def test_evaluation_against_the_simulated_truth(run, cohort):

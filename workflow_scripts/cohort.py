@@ -8,4 +8,6 @@ run_step(
     detections=list(snakemake.input.detections),
     out_summary=snakemake.output.summary,
     out_detections=snakemake.output.detections,
+    ratings_dir=snakemake.params.ratings_dir,
+    out_agreement=snakemake.output.get("agreement"),
 )

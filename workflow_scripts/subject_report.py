@@ -23,5 +23,9 @@ run_step(
     out_registration_png=snakemake.output.registration_png,
     out_calls_png=snakemake.output.calls_png,
     out_rejected_png=snakemake.output.rejected_png,
+    out_dseg=snakemake.output.dseg,
+    out_dseg_tsv=snakemake.output.dseg_tsv,
+    out_dseg_json=snakemake.output.dseg_json,
+    out_markups=snakemake.output.markups,
     label=snakemake.params.label,
 )

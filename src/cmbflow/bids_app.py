@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where FRST and the classifier run (default cpu; auto = CUDA when present)")
     parser.add_argument("--model-dir", type=Path, help="a trained model folder (default: the shipped model)")
     parser.add_argument("--threshold", type=float, help="least probability of a call (default: the model card's)")
+    parser.add_argument("--ratings-dir", type=Path,
+                        help="raters' verdicts on the calls (docs/ratings.md): the cohort tables add the consensus")
     parser.add_argument("--skip-bids-validation", action="store_true", help="do not run bids-validator first")
     parser.add_argument("--configfile", type=Path, help="a config YAML replacing config/config.yaml")
     parser.add_argument("--config", nargs="+", default=[], action="extend", metavar="KEY=VALUE",
@@ -80,6 +82,8 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
         own["exclude_participant_label"] = args.exclude_participant_label
     if args.device:
         own["device"] = args.device
+    if args.ratings_dir:
+        own["ratings_dir"] = str(args.ratings_dir.resolve())
     classifier = {key: value for key, value in (("model_dir", args.model_dir and str(args.model_dir.resolve())),
                                                  ("threshold", args.threshold)) if value is not None}
     if classifier:

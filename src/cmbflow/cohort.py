@@ -20,6 +20,7 @@ from cmbflow import __version__
 from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.image import atomic_path, read_sidecar, voxel_sizes, write_json
 from cmbflow.mars import COUNT_COLUMNS, region_counts
+from cmbflow.ratings import agreement, rate_subject, ratings_files
 
 #: Identifying columns first, in the order statisticians expect.
 ID_COLUMNS = ["participant_id", "session_id"]
@@ -30,6 +31,10 @@ SUMMARY_COLUMNS = ID_COLUMNS + [
     "voxel_size_x_mm", "voxel_size_y_mm", "voxel_size_z_mm", "matrix", "brain_volume_ml",
     "registration_similarity", "source", "cmbflow_version",
 ]
+
+#: Columns a ratings_dir adds before ``status`` (cmbflow.ratings): accepted calls + missed bleeds,
+#: rejected calls, and ``rated`` / ``not rated``.
+RATING_COLUMNS = ["n_cmb_rated", "n_rejected", "rating_status"]
 
 #: The last column: ``ok``, or ``failed in <rule>: <the job's one-line error>``, or ``not finished: ...``.
 STATUS_COLUMN = "status"
@@ -85,29 +90,55 @@ def write_cohort_tables(
     out_summary: str | Path,
     out_detections: str | Path,
     failed: Mapping[str, str] | None = None,
+    ratings_dir: str | Path | None = None,
+    out_agreement: str | Path | None = None,
 ) -> None:
     """Write ``cohort_summary.csv`` and ``cohort_detections.csv`` from per-subject outputs.
 
     ``summaries`` and ``detections`` are parallel lists (one entry per finished subject/session);
     ``failed`` maps the labels (``sub-X`` or ``sub-X_ses-Y``) of subjects without results to
-    their status, which their otherwise empty summary row carries.
+    their status, which their otherwise empty summary row carries. With ``ratings_dir``, the
+    raters' consensus joins both tables (:data:`RATING_COLUMNS`, a ``rating`` per call and a row
+    per missed bleed) and ``out_agreement`` gets the agreement between raters.
     """
-    rows = [json.loads(Path(p).read_text()) | {STATUS_COLUMN: "ok"} for p in summaries]
-    for label, status in (failed or {}).items():
-        subject, _, session = label.partition("_")
-        rows.append({"participant_id": subject, "session_id": session or None, STATUS_COLUMN: status})
-    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS + [STATUS_COLUMN])
-    tables = []
-    for row, tsv in zip(rows[: len(summaries)], detections, strict=True):
+    rows = [json.loads(Path(p).read_text()) for p in summaries]
+    tables, verdicts = [], []
+    for row, tsv in zip(rows, detections, strict=True):
         calls = read_detections(tsv)
+        if ratings_dir is not None:
+            label = row["participant_id"] + (f"_{row['session_id']}" if row["session_id"] else "")
+            files = ratings_files(ratings_dir, label)
+            rated = rate_subject(calls, files, label)
+            calls["rating"] = rated.ratings
+            # i j k stay integers (empty in missed rows), x y z floats (also after a subject without calls)
+            kinds = {c: "Int64" for c, kind in calls.dtypes.items() if pd.api.types.is_integer_dtype(kind)}
+            missed = rated.missed[["x", "y", "z"]].assign(rating="missed")
+            calls = pd.concat([calls, missed], ignore_index=True).astype(kinds | dict.fromkeys("xyz", float))
+            row["rating_status"] = "rated" if files else "not rated"
+            if files:
+                row |= {"n_cmb_rated": rated.ratings.count("accept") + len(rated.missed),
+                        "n_rejected": rated.ratings.count("reject")}
+            verdicts.append(rated.verdicts)
         calls.insert(0, "session_id", row["session_id"])
         calls.insert(0, "participant_id", row["participant_id"])
         tables.append(calls)
-    calls = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ID_COLUMNS)
+    rows = [row | {STATUS_COLUMN: "ok"} for row in rows]
+    for label, status in (failed or {}).items():
+        subject, _, session = label.partition("_")
+        rows.append({"participant_id": subject, "session_id": session or None, STATUS_COLUMN: status})
+    rating_columns = RATING_COLUMNS if ratings_dir is not None else []
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS + rating_columns + [STATUS_COLUMN])
+    if rating_columns:  # counts stay integers where failed subjects leave them empty
+        summary = summary.astype({"n_cmb_rated": "Int64", "n_rejected": "Int64"})
+    empty = ID_COLUMNS + (["rating"] if rating_columns else [])
+    calls = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=empty)
     order = ID_COLUMNS
     summary = summary.sort_values(order, na_position="first").reset_index(drop=True)
     calls = calls.sort_values(order, kind="stable", na_position="first").reset_index(drop=True)
-    for table, path in ((summary, out_summary), (calls, out_detections)):
+    outputs = [(summary, out_summary), (calls, out_detections)]
+    if out_agreement is not None:
+        outputs.append((agreement(verdicts), out_agreement))
+    for table, path in outputs:
         with atomic_path(path) as tmp:
             table.to_csv(tmp, index=False, float_format=FLOAT_FORMAT)
 
@@ -143,7 +174,8 @@ def write_partial_cohort_tables(
 ) -> int:
     """The cohort tables of a run where some subjects failed; returns how many have no results.
 
-    ``subjects`` maps every subject's label to its (qc metrics JSON, final calls TSV).
+    ``subjects`` maps every subject's label to its (qc metrics JSON, final calls TSV). They carry
+    no ratings: a bad ratings file must not hide why subjects failed.
     """
     status = {label: subject_status(label, summary, logs_dir) for label, (summary, _) in subjects.items()}
     done = [label for label, state in status.items() if state == "ok"]

@@ -197,6 +197,9 @@ class Config(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "cpu", description="where FRST and the classifier run: a GPU saves under a second per subject "
         "(docs/performance.md), so the CPU unless asked; auto = CUDA when present")
+    ratings_dir: Path | None = Field(
+        None, description="raters' verdicts on the calls (docs/ratings.md); the cohort tables add the "
+        "consensus; null = no ratings")
     analysis_level: Literal["participant", "group"] = Field(
         "participant", description="group: the cohort tables cover only the subjects whose outputs exist "
         "(cmbflow ... group)")
@@ -217,11 +220,12 @@ class Config(_Strict):
                 raise ValueError(f"participant label {label!r} must be alphanumeric (BIDS)")
         return labels
 
-    @field_validator("bids_dir")
+    @field_validator("bids_dir", "ratings_dir")
     @classmethod
-    def _bids_dir_exists(cls, value: Path | None) -> Path | None:
+    def _folder_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is not None and not value.is_dir():
-            raise ValueError("no such folder (the BIDS dataset to read)")
+            what = "the BIDS dataset to read" if info.field_name == "bids_dir" else "the raters' files"
+            raise ValueError(f"no such folder ({what})")
         return value
 
     @field_validator("echo")

@@ -33,7 +33,7 @@ STAGE1_TABLE = "_desc-stage1_detections"
 #: (the xfm datatype is still a proposal, BEP 014). Folder names without a trailing slash:
 #: bids-validator-deno 3.0.2 reports the folder itself as not included for ``group/``.
 NON_BIDS = ("group", "logs", "benchmarks", "atlas", "work", "xfm", "figures", "*_report.html", "*_detections.tsv", "*_detections.json",
-            "*_metrics.json")
+            "*_metrics.json", "*_markups.mrk.json")
 
 
 def write_dataset_description(path: str | Path, bidsignore: str | Path, bids_dir: str | Path) -> None:

@@ -21,6 +21,7 @@ from cmbflow.detections import read_detections
 from cmbflow.image import atomic_path, load_image, read_sidecar
 from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 from cmbflow.report import figures
+from cmbflow.viewer import write_viewer_files
 
 #: Warning thresholds. An adult brain is 1000-1600 ml; the simulated and real scans gave 50-2000
 #: candidates; good registrations reached an entropy correlation of 0.22-0.34, failed ones <= 0.06
@@ -135,13 +136,18 @@ def write_subject_report(
     out_registration_png: str | Path,
     out_calls_png: str | Path,
     out_rejected_png: str | Path,
+    out_dseg: str | Path,
+    out_dseg_tsv: str | Path,
+    out_dseg_json: str | Path,
+    out_markups: str | Path,
     label: str,
 ) -> None:
     """One subject's QC: its row of the cohort summary (:func:`cmbflow.cohort.summarise_subject`, in
-    ``out_metrics``), and its page: inputs, mask and registration overlays, every call, top
-    rejected candidates."""
+    ``out_metrics``); the files raters open (:func:`cmbflow.viewer.write_viewer_files`); and its
+    page: inputs, mask and registration overlays, every call, top rejected candidates."""
     summarise_subject(magnitude, mask_json, xfm_json, candidates, calls, sources["magnitude"], has_phase, echo,
                       out_metrics, label)
+    write_viewer_files(calls, magnitude, out_dseg, out_dseg_tsv, out_dseg_json, out_markups)
     mag_img = load_image(magnitude, subject=label)
     mask_img = load_image(mask, subject=label)
     inside = np.asarray(mask_img.dataobj) > 0.5
@@ -209,6 +215,8 @@ def write_cohort_report(
     """
     table = pd.read_csv(summary)
     calls = pd.read_csv(detections)
+    if "rating" in calls.columns:  # bleeds the raters found and the model missed are no calls
+        calls = calls[calls["rating"] != "missed"]
     figures.save_png(figures.cohort_figure(table, calls), out_png)
     labels = [row.participant_id + (f"_{row.session_id}" if _known(row.session_id) else "")
               for row in table.itertuples()]
