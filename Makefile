@@ -28,7 +28,7 @@ test: $(BIN)/.installed system-deps
 	$(BIN)/python -m pytest -q
 
 test-fast: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "not workflow or dryrun"
+	$(BIN)/python -m pytest -q -m "(not workflow or dryrun) and not slow"
 
 # Debian packages of the tests: a one-node SLURM cluster (tests/slurm_cluster.py) and headless
 # Chromium (report pages). Installed when missing, as root; elsewhere those tests skip.

@@ -105,6 +105,7 @@ def scored():
     return table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("has_phase", [True, False])
 def test_microbleeds_score_above_calcifications_and_veins(scored, has_phase):
     p = scored.groupby("kind")[f"p_{has_phase}"]
