@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmbflow.evaluate import detection_metrics, evaluate_outputs, froc, froc_curve, match_detections, plot_froc
+from cmbflow.errors import InputError
+from cmbflow.evaluate import (detection_metrics, evaluate_labels, evaluate_outputs, froc, froc_curve, mask_lesions,
+                              match_detections, plot_froc)
 from cmbflow.mars import ATLAS_NAME
 
 VOXEL = (0.9, 0.9, 1.8)  # tolerance = radius + 1.8 mm
@@ -181,3 +183,97 @@ def test_cli_evaluate_writes_json_and_plot(two_scans, capsys) -> None:
     assert "magnitude-only: 1 scans, 1 microbleeds: sensitivity 1.000, FP/scan 1.00" in printed
     assert json.loads((two_scans / "e.json").read_text())["froc_curve"]["all"][0] == [0.0, 0.0, None]
     assert (two_scans / "froc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _write_points(path, rows, columns=("x", "y", "z", "radius_mm", "region")):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=list(columns)).to_csv(path, sep="\t", index=False)
+
+
+#: The simulated bleeds of the two_scans fixture as manual points (x y z radius_mm region).
+POINTS = {"sub-01": [[0, 0, 0, 1.0, "lobar"], [50, 0, 0, 1.0, "deep"]], "sub-02": [[10, 10, 10, 2.0, "lobar"]]}
+
+
+def test_points_tables_give_the_figures_of_the_simulated_truth(two_scans) -> None:
+    for sub, rows in POINTS.items():
+        _write_points(two_scans / "labels" / sub / f"{sub}_desc-cmb_points.tsv", rows)
+    expected = json.dumps(evaluate_outputs(two_scans / "truth", two_scans / "out"))
+    assert json.dumps(evaluate_labels(two_scans / "labels", two_scans / "out")) == expected
+    # One table of the cohort says the same; a scan it does not list is left out, one with an empty row has none.
+    cohort = two_scans / "points.tsv"
+    _write_points(cohort, [[sub, *row] for sub, rows in POINTS.items() for row in rows],
+                  ("participant_id", "x", "y", "z", "radius_mm", "region"))
+    assert json.dumps(evaluate_labels(cohort, two_scans / "out")) == expected
+    _write_points(cohort, [["sub-02", None, None, None]], ("participant_id", "x", "y", "z"))
+    result = evaluate_labels(cohort, two_scans / "out")
+    assert result["per_scan"] == [{"scan": "sub-02", "phase": False, "lesions": 0, "true_positives": 0,
+                                   "false_positives": 2}]
+    assert "per_region" not in result and result["calls"]["fp_per_scan"] == 2
+
+
+def test_a_points_row_without_numbers_is_an_error(two_scans) -> None:
+    _write_points(two_scans / "labels" / "sub-01" / "sub-01_desc-cmb_points.tsv", [[0, "left", 0]], ("x", "y", "z"))
+    with pytest.raises(InputError, match=r"^sub-01: \S+: row 2: x y z must be numbers"):
+        evaluate_labels(two_scans / "labels", two_scans / "out")
+
+
+def _mask(path, voxels, affine):
+    data = np.zeros((60, 10, 10), np.uint8)
+    for ijk in voxels:
+        data[ijk] = 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def test_lesion_masks_by_connected_component(two_scans) -> None:
+    affine = np.eye(4)
+    affine[:3, 3] = [-5.0, -5.0, -5.0]  # voxel (5, 5, 5) is world (0, 0, 0)
+    cube = [(i, j, k) for i in (4, 5, 6) for j in (4, 5, 6) for k in (4, 5, 6)]  # 27 mm3 around (0, 0, 0)
+    mask = two_scans / "labels" / "sub-01" / "anat" / "sub-01_space-T2S_CMB.nii.gz"  # VALDO's name
+    _mask(mask, [*cube, (55, 5, 5)], affine)  # and one voxel at (50, 0, 0)
+    lesions = mask_lesions(mask, "sub-01")
+    assert lesions[["x", "y", "z"]].to_numpy().tolist() == [[0, 0, 0], [50, 0, 0]]
+    assert lesions["radius_mm"].to_numpy() == pytest.approx(np.cbrt(3 * np.array([27, 1]) / (4 * np.pi)))
+    # A session's mask is not the scan without session's: sub-02 has no labels and is left out.
+    _mask(two_scans / "labels" / "sub-02" / "ses-1" / "sub-02_ses-1_desc-cmb_mask.nii.gz", cube, affine)
+    result = evaluate_labels(two_scans / "labels", two_scans / "out")
+    assert [s["scan"] for s in result["per_scan"]] == ["sub-01"]
+    # The call at (0, 0, 0.5) hits the cube; the candidate at (50, 0, 1) is within 0.62 + 1.8 mm of the voxel.
+    assert [result["calls"][k] for k in ("true_positives", "false_positives", "false_negatives")] == [1, 0, 1]
+    assert result["candidate_recall"] == 1.0
+    _write_points(two_scans / "labels" / "sub-01" / "sub-01_desc-cmb_points.tsv", POINTS["sub-01"])
+    with pytest.raises(InputError, match="2 references for one scan"):
+        evaluate_labels(two_scans / "labels", two_scans / "out")
+
+
+def test_ratings_accepted_and_missed_are_the_bleeds_rejected_the_false_positives(two_scans) -> None:
+    for sub in ("sub-01", "sub-02"):  # real calls tables have a radius
+        calls = two_scans / "out" / sub / "anat" / f"{sub}_desc-cmb_detections.tsv"
+        pd.read_csv(calls, sep="\t").assign(radius_mm=1.5).to_csv(calls, sep="\t", index=False)
+    _write_points(two_scans / "labels" / "sub-02" / "sub-02_desc-cmb_ratings.tsv",
+                  [[10, 10, 11, "accept"], [30, 0, 0, "reject"], [40, 40, 40, "missed"]], ("x", "y", "z", "rating"))
+    # sub-01: its one call unsure (left out, and so is its candidate), a missed bleed at (50, 0, 0).
+    _write_points(two_scans / "labels" / "sub-01" / "sub-01_desc-cmb_ratings.tsv",
+                  [[0, 0, 0.5, "unsure"], [50, 0, 0, "missed"]], ("x", "y", "z", "rating"))
+    result = evaluate_labels(two_scans / "labels", two_scans / "out")
+    assert [(s["scan"], s["lesions"], s["true_positives"], s["false_positives"]) for s in result["per_scan"]] == [
+        ("sub-01", 1, 0, 0), ("sub-02", 2, 1, 1)]
+    assert result["calls"]["sensitivity"] == pytest.approx(1 / 3) and result["calls"]["precision"] == 0.5
+    # Candidates: sub-01 (20, 0, 0) p .8 false, (50, 0, 1) p .3 hit; sub-02 (10, 10, 11) p .6 hit, (30, 0, 0) p .7
+    # false; the missed bleed at (40, 40, 40) has none.
+    assert result["candidate_recall"] == pytest.approx(2 / 3) and result["candidates_per_scan"] == 2.5
+    assert result["froc_sensitivity_at_fp_per_scan"] == pytest.approx({"0.5": 0, "1.0": 2 / 3, "2.0": 2 / 3,
+                                                                       "4.0": 2 / 3})
+
+
+def test_cli_evaluate_labels(two_scans, capsys) -> None:
+    from cmbflow.cli import run_evaluate
+
+    for sub, rows in POINTS.items():
+        _write_points(two_scans / "labels" / sub / f"{sub}_desc-cmb_points.tsv", [row[:3] for row in rows],
+                      ("x", "y", "z"))
+    assert run_evaluate(["--labels", str(two_scans / "labels"), str(two_scans / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "2 scans, 3 microbleeds: sensitivity 0.667" in printed and "per region" not in printed
+    with pytest.raises(InputError, match="no subject has both manual labels and cmbflow outputs"):
+        run_evaluate(["--labels", str(two_scans / "truth"), str(two_scans / "out")])

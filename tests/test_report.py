@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from browser import browse, chromium  # noqa: F401 - chromium is a fixture
+from PIL import Image
 
+from cmbflow.cohort import write_cohort_tables
+from cmbflow.detections import read_detections
 from cmbflow.image import ijk_to_xyz
+from cmbflow.ratings import rate_subject, ratings_files, ratings_table_path
 from cmbflow.report import figures
 from cmbflow.report.pages import MANY_CALLS, qc_warnings, write_cohort_report, write_subject_report
 
@@ -129,7 +136,19 @@ def test_cohort_page_counts_no_missed_bleed_as_a_call(tmp_path):
     assert "Cohort: 1 microbleeds in 2 scans" in out.read_text()
 
 
-def test_subject_page_and_its_qc_row(tmp_path):
+#: Three calls (rows 1-3 of the calls table) and one rejected candidate, inside the 25 mm head.
+CANDIDATES = pd.DataFrame({
+    "x": [CENTRE[0], -10.0, 12.0, 10.0], "y": [CENTRE[1], 5.0, 8.0, 5.0], "z": [CENTRE[2], 0.0, -6.0, -5.0],
+    "probability": [0.99, 0.6, 0.95, 0.3], "probability_sd": [0.01, 0.2, 0.04, 0.1], "radius_mm": [3.0, 1.0, 1.5, 1.0],
+    "is_cmb": [True, True, True, False], "mni_x": [4.5, -10.0, 12.0, 11.0], "mni_y": [-6.5, 5.0, 8.0, 5.0],
+    "mni_z": [10.5, 0.0, -6.0, -5.0], "region": ["lobar", "deep", "deep", "deep"],
+    "lobe": ["frontal", "thalamus", "n/a", "n/a"], "hemisphere": ["left", "left", "right", "right"],
+    "mimic_diamagnetic": [False, True, None, False], "mimic_vessel": [False, False, True, False],
+})
+
+
+def subject_page(tmp_path, label="sub-01"):
+    """A subject's page (and QC row, viewer files, figures) from a synthetic scan and CANDIDATES."""
     img = scan(RAS, (61, 73, 41))
     mask = nib.Nifti1Image((img.get_fdata() > 0).astype(np.uint8), img.affine)
     nib.save(img, tmp_path / "mag.nii.gz")
@@ -137,26 +156,138 @@ def test_subject_page_and_its_qc_row(tmp_path):
     (tmp_path / "mag.json").write_text(json.dumps({"EchoTime": 0.02, "MagneticFieldStrength": 3}))
     (tmp_path / "mask.json").write_text(json.dumps({"Method": "magnitude-based", "BrainVolume_ml": 60.0}))
     (tmp_path / "xfm.json").write_text(json.dumps({"RegistrationSimilarity": 0.31}))
-    candidates = pd.DataFrame({"x": [CENTRE[0], 10.0], "y": [CENTRE[1], 5.0], "z": [CENTRE[2], -5.0],
-                               "probability": [0.99, 0.3], "radius_mm": [3.0, 1.0], "is_cmb": [True, False],
-                               "mni_x": [4.5, 11.0], "mni_y": [-6.5, 5.0], "mni_z": [10.5, -5.0],
-                               "region": ["lobar", "deep"], "lobe": ["frontal", "n/a"], "hemisphere": ["left", "right"]})
-    candidates.to_csv(tmp_path / "candidates.tsv", sep="\t", index=False)
-    candidates[candidates["is_cmb"]].drop(columns="is_cmb").to_csv(tmp_path / "calls.tsv", sep="\t", index=False)
+    CANDIDATES.to_csv(tmp_path / "candidates.tsv", sep="\t", index=False, na_rep="n/a")
+    calls = CANDIDATES[CANDIDATES["is_cmb"]].drop(columns=["is_cmb", "mimic_diamagnetic", "mimic_vessel"])
+    calls.to_csv(tmp_path / "calls.tsv", sep="\t", index=False, float_format="%.4f")
     (tmp_path / "candidates.json").write_text(json.dumps({"Classifier": "CandidateNet (magnitude model)"}))
-    out = tmp_path / "sub-01_report.html"
+    out = tmp_path / f"{label}_report.html"
     write_subject_report(
         tmp_path / "mag.nii.gz", tmp_path / "mask.nii.gz", tmp_path / "mask.json", tmp_path / "xfm.json",
         tmp_path / "mag.nii.gz", tmp_path / "candidates.tsv", tmp_path / "candidates.json", tmp_path / "calls.tsv",
         None, None, {"magnitude": str(tmp_path / "mag.nii.gz"), "phase": None}, False, None,
         tmp_path / "metrics.json", out, *(tmp_path / f"{name}.png" for name in "abcd"),
         *(tmp_path / name for name in ("cmb_dseg.nii.gz", "cmb_dseg.tsv", "cmb_dseg.json", "cmb.mrk.json")),
-        label="sub-01")
-    assert np.asarray(nib.load(tmp_path / "cmb_dseg.nii.gz").dataobj).max() == 1  # one call (tests/test_viewer.py)
+        label=label)
+    return out
+
+
+def test_subject_page_and_its_qc_row(tmp_path):
+    html = subject_page(tmp_path).read_text()
+    assert np.asarray(nib.load(tmp_path / "cmb_dseg.nii.gz").dataobj).max() == 3  # three calls (tests/test_viewer.py)
     row = json.loads((tmp_path / "metrics.json").read_text())
-    assert row["n_cmb"] == 1 and row["n_candidates"] == 2 and row["n_lobar_frontal"] == 1 and row["n_left"] == 1
+    assert row["n_cmb"] == 3 and row["n_candidates"] == 4 and row["n_lobar_frontal"] == 1 and row["n_left"] == 2
     assert row["echo_time_ms"] == 20.0 and row["registration_similarity"] == 0.31 and row["participant_id"] == "sub-01"
-    html = out.read_text()
-    assert html.count("data:image/png;base64,") == 4
+    # mask, registration, rejected candidates and one figure per call (the calls' montage is a file only)
+    assert html.count("data:image/png;base64,") == 3 + 3
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "no phase image" in html and "low brain volume" in html
     assert "<td>frontal</td>" in html and "<th>n_lobar</th><td>1</td>" in html
+    # Calls most probable first, numbered by their row of the calls table, with uncertainty and mimic flags.
+    assert re.findall(r'data-number="(\d)"', html) == ["1", "3", "2"]
+    assert 'data-x="-10.0000" data-y="5.0000"' in " ".join(html.split())
+    assert "probability 0.6 (sd 0.2)" in html and "diamagnetic yes, vessel\nno" in html
+    assert "diamagnetic n/a, vessel\nyes" in html
+    assert 'download="sub-01_desc-cmb_ratings.tsv"' in html and "RATINGS_DIR/sub-01/sub-01_desc-cmb_ratings.tsv" in html
+
+
+def test_ratings_table_path_follows_the_contract():
+    assert ratings_table_path("sub-01").as_posix() == "sub-01/sub-01_desc-cmb_ratings.tsv"
+    assert ratings_table_path("sub-01_ses-1").as_posix() == "sub-01/ses-1/sub-01_ses-1_desc-cmb_ratings.tsv"
+
+
+def test_call_figure_is_large_and_small(tmp_path):
+    img = scan(RAS, (61, 73, 41))
+    inside = img.get_fdata() > 0
+    magnitude = figures.Channel.windowed("magnitude", img, inside)
+    phase = figures.Channel.windowed("high-pass phase", img, inside, symmetric=True)
+    row = pd.Series({"x": CENTRE[0], "y": CENTRE[1], "z": CENTRE[2]})
+    png = figures.png_bytes(figures.call_figure(row, [magnitude, magnitude, phase], magnitude))
+    width, height = Image.open(io.BytesIO(png)).size
+    assert width >= 8 * 140 and height >= 140  # 8 panels (context, minIP, 3 x 2 zooms) of about 150 px
+    assert len(png) < 60_000
+
+
+def test_minip_takes_the_darkest_value_across_the_slab():
+    volume = np.full((21, 21, 21), 100.0)
+    volume[10, 10, 13] = 0.0  # 3 mm above the cut: in an 8 mm slab, not in the cut itself
+    bounds = [[-2.0, 2.0], [-2.0, 2.0]]
+    affine = np.eye(4)
+    affine[:3, 3] = -10
+    assert figures.world_plane(volume, affine, "axial", 0.0, bounds, 1.0).min() == 100
+    minip = figures.world_minip(volume, affine, "axial", 0.0, bounds, 1.0, slab_mm=8.0)
+    assert minip[2, 2] == 0 and minip[0, 0] == 100
+    assert np.isnan(figures.world_minip(volume, affine, "axial", 30.0, bounds, 1.0)).all()
+
+
+#: Clicks on the page as a rater would, then downloads the ratings and writes them into the DOM.
+RATE_AND_EXPORT = """<script>
+window.addEventListener("load", function () {
+  function rate(number, rating) {
+    document.querySelector('.call[data-number="' + number + '"] button[data-rating="' + rating + '"]').click();
+  }
+  rate(1, "accept"); rate(2, "reject"); rate(3, "unsure"); rate(3, "unsure");  // the second click undoes
+  var form = document.getElementById("missed-form");
+  function add(x, y, z) {
+    form.elements.x.value = x; form.elements.y.value = y; form.elements.z.value = z;
+    form.querySelector("button[type=submit]").click();
+  }
+  add("-10.5", "5", "0");  // 0.5 mm from call 2: refused
+  var refused = document.getElementById("missed-error").textContent;
+  add("-20.5", "-3", "7.25");
+  var link = document.getElementById("export");
+  link.addEventListener("click", function (event) { event.preventDefault(); });  // no download in the test
+  link.click();
+  fetch(link.href).then(function (response) { return response.text(); }).then(function (text) {
+    var out = document.createElement("pre");
+    out.id = "exported";
+    out.dataset.file = link.getAttribute("download");
+    out.dataset.refused = refused;
+    out.textContent = text;
+    document.body.appendChild(out);
+  });
+});
+</script>
+</body>"""
+
+#: Reads back what the page shows after a reload (local storage).
+READ_BACK = """<script>
+window.addEventListener("load", function () {
+  var out = document.createElement("pre");
+  out.id = "kept";
+  out.textContent = document.getElementById("rating-count").textContent;
+  document.body.appendChild(out);
+});
+</script>
+</body>"""
+
+
+def test_rating_in_the_page_gives_a_ratings_table_the_cohort_counts(tmp_path, chromium):
+    page = subject_page(tmp_path)
+    html = page.read_text()
+    rater = tmp_path / "rater.html"  # the page as a rater's browser runs it, with the clicks
+    rater.write_text(html.replace("</body>", RATE_AND_EXPORT))
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+    dom = browse(chromium, rater, "--dump-dom", profile)
+    exported = re.search(r'<pre id="exported" data-file="([^"]+)" data-refused="([^"]*)">([^<]*)</pre>', dom)
+    assert exported, dom[-2000:]
+    name, refused, text = exported.groups()
+    assert name == "sub-01_desc-cmb_ratings.tsv" and refused == "within 1 mm of cmb-2: rate that call instead"
+    assert text == ("x\ty\tz\trating\n4.0000\t-6.0000\t10.0000\taccept\n-10.0000\t5.0000\t0.0000\treject\n"
+                    "-20.5\t-3\t7.25\tmissed\n")
+    ratings = tmp_path / "ratings"
+    (ratings / "sub-01").mkdir(parents=True)
+    (ratings / ratings_table_path("sub-01")).write_text(text)
+    calls = read_detections(tmp_path / "calls.tsv")
+    rated = rate_subject(calls, ratings_files(ratings, "sub-01"), "sub-01")
+    assert rated.ratings == ["accept", "reject", None]
+    assert rated.missed[["x", "y", "z"]].to_numpy().tolist() == [[-20.5, -3.0, 7.25]]
+    write_cohort_tables([tmp_path / "metrics.json"], [tmp_path / "calls.tsv"], tmp_path / "s.csv",
+                        tmp_path / "d.csv", ratings_dir=ratings)
+    summary = pd.read_csv(tmp_path / "s.csv")
+    assert summary[["n_cmb", "n_cmb_rated", "n_rejected", "rating_status"]].to_numpy().tolist() == [
+        [3, 2, 1, "rated"]]
+    assert pd.read_csv(tmp_path / "d.csv")["rating"].fillna("").tolist() == ["accept", "reject", "", "missed"]
+    # A reload of the same page in the same browser keeps the ratings.
+    rater.write_text(html.replace("</body>", READ_BACK))
+    kept = browse(chromium, rater, "--dump-dom", profile)
+    assert '<pre id="kept">2 of 3 calls rated, 1 missed</pre>' in kept

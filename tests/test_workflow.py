@@ -24,6 +24,7 @@ from cmbflow.detections import superseded
 from cmbflow.model import packaged_model_dir, sha256
 from cmbflow.simulate import simulate_cohort
 from cmbflow.stages import run_stage1
+from browser import browse, chromium  # noqa: F401 - chromium is a fixture
 from cohorts import tiny_cohort
 
 pytestmark = pytest.mark.workflow
@@ -331,23 +332,6 @@ def test_analysis_without_dataset_is_a_one_line_error(tmp_path):
 
 SUBJECT_SECTIONS = ("summary", "inputs", "mask", "registration", "calls", "rejected", "metrics")
 COHORT_SECTIONS = ("summary", "plots", "protocols", "regions", "flagged")
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """A headless Chromium (make system-deps installs it)."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip("no chromium: run make system-deps")
-    return found
-
-
-def browse(chromium: str, page: Path, *args: str) -> str:
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           "--virtual-time-budget=10000", *args, page.as_uri()]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 def test_report_pages_render_in_a_headless_browser(run, chromium, tmp_path):

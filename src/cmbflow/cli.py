@@ -2,7 +2,7 @@
 
     cmbflow BIDS_DIR OUTPUT_DIR participant|group [options] [snakemake args...]  (cmbflow.bids_app)
     cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse|training]
-    cmbflow evaluate TRUTH_DIR OUTPUT_DIR [--json FILE] [--plot PNG]
+    cmbflow evaluate [--labels] REFERENCE OUTPUT_DIR [--json FILE] [--plot PNG]
     cmbflow show OUTPUT_DIR
 """
 
@@ -38,25 +38,31 @@ def run_simulate(argv: list[str]) -> int:
 def run_evaluate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="cmbflow evaluate",
-        description="Compare workflow outputs with simulated ground truth: sensitivity, precision, "
-        "FP per scan, FROC, candidate recall, per-region sensitivity; overall and split by whether "
-        "the scan's phase was used.",
+        description="Compare workflow outputs with simulated ground truth or manual labels (points, lesion masks "
+        "or raters' ratings; docs/evaluation.md): sensitivity, precision, FP per scan, FROC, candidate recall, "
+        "per-region sensitivity; overall and split by whether the scan's phase was used.",
     )
-    parser.add_argument("truth_dir", type=Path, help="the simulator's derivatives/simulation folder")
+    parser.add_argument("reference", type=Path,
+                        help="the simulator's derivatives/simulation folder, or with --labels the manual labels")
     parser.add_argument("output_dir", type=Path, help="the workflow's output_dir")
+    parser.add_argument("--labels", action="store_true",
+                        help="REFERENCE holds manual labels: a folder of points tables, lesion masks or ratings, "
+                        "or one points table of the cohort")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--plot", type=Path, help="also draw the FROC curves (overall and per group) to this PNG")
     args = parser.parse_args(argv)
-    from cmbflow.evaluate import evaluate_outputs, plot_froc
+    from cmbflow.evaluate import evaluate_labels, evaluate_outputs, plot_froc
     from cmbflow.image import write_json
 
-    result = evaluate_outputs(args.truth_dir, args.output_dir)
+    result = (evaluate_labels if args.labels else evaluate_outputs)(args.reference, args.output_dir)
     calls = result["calls"]
     print(f"{int(calls['scans'])} scans, {int(calls['lesions'])} microbleeds: sensitivity {calls['sensitivity']:.3f}, "
           f"precision {calls['precision']:.3f}, F1 {calls['f1']:.3f}, FP/scan {calls['fp_per_scan']:.2f}")
     print(f"candidate recall {result['candidate_recall']:.3f} ({result['candidates_per_scan']:.0f} candidates/scan)")
     print("FROC sensitivity at FP/scan " + ", ".join(f"{k}: {v:.3f}" for k, v in result["froc_sensitivity_at_fp_per_scan"].items()))
-    print("per region: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})" for k, v in result["per_region"].items()))
+    if "per_region" in result:
+        print("per region: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})"
+                                         for k, v in result["per_region"].items()))
     if "region_accuracy" in result:
         located = result["region_accuracy"]
         print(f"region of matched calls = atlas region of the true position: {located['accuracy']:.3f} "

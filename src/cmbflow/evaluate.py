@@ -3,6 +3,9 @@
 A detection hits a true lesion when it lies within the lesion's radius plus the largest voxel
 edge (the localisation error a voxel grid allows). Matching is one-to-one (Hungarian on
 distance), so two detections on one lesion give one hit and one false positive.
+
+The reference is a simulator's ground truth (:func:`evaluate_outputs`) or manual labels
+(:func:`evaluate_labels`: points, lesion masks or a ratings folder; docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -17,13 +20,25 @@ import numpy.typing as npt
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
+from scipy import ndimage
+
 from cmbflow.derivatives import BRAIN_MASK, HPPHASE
+from cmbflow.detections import read_detections
 from cmbflow.errors import InputError
-from cmbflow.image import atomic_path, voxel_sizes
+from cmbflow.image import atomic_path, ijk_to_xyz, voxel_sizes
 from cmbflow.mars import ATLAS_NAME, MarsAtlas, read_mars_atlas
+from cmbflow.ratings import match_to_calls, rate_subject, ratings_files
 
 #: Operating points of the FROC summary (false positives per scan).
 FROC_FP_RATES = (0.5, 1.0, 2.0, 4.0)
+#: Radius of a lesion given as a point without one (a points table without radius_mm, a missed
+#: bleed in a ratings table): a microbleed is 2-5 mm across on T2*, so a click anywhere in it is
+#: within 2 mm of its centre.
+POINT_RADIUS_MM = 2.0
+#: Lesion masks: VALDO's name (``sub-X_space-T2S_CMB.nii.gz``) and the BIDS-Derivatives one.
+MASK_SUFFIXES = ("_CMB.nii.gz", "_CMB.nii", "_desc-cmb_mask.nii.gz", "_desc-cmb_mask.nii")
+#: A single points table for the whole cohort (when LABELS is a file rather than a folder).
+POINTS_COLUMNS = ("participant_id", "x", "y", "z")
 
 
 @dataclass(frozen=True)
@@ -192,30 +207,42 @@ class _Scan:
     candidates_match: Match
 
 
-def _load_scan(truth_tsv: Path, truth_dir: Path, output_dir: Path) -> _Scan | None:
-    """A scan's truth and outputs, or None when the workflow has no final calls for it."""
-    prefix = truth_tsv.name.removesuffix("_desc-truth_lesions.tsv")
-    folder = output_dir / truth_tsv.parent.relative_to(truth_dir)
-    calls_tsv = folder / f"{prefix}_desc-cmb_detections.tsv"
-    if not calls_tsv.exists():
-        return None
-    truth = pd.read_csv(truth_tsv, sep="\t")
-    truth = truth[truth["kind"] == "cmb"].reset_index(drop=True)
-    calls = pd.read_csv(calls_tsv, sep="\t")
-    candidates = pd.read_csv(folder / f"{prefix}_desc-candidates_detections.tsv", sep="\t")
-    voxel = voxel_sizes(nib.load(folder / f"{prefix}{BRAIN_MASK}.nii.gz").affine)
-    radius = truth["diameter_mm"].to_numpy(dtype=float) / 2
+def _scan(name: str, folder: Path, truth: pd.DataFrame, unknown_xyz: npt.ArrayLike = ()) -> _Scan:
+    """A scan's outputs (in ``folder``) matched to its ``truth`` (x y z radius_mm, world mm).
+
+    Calls and candidates within :data:`cmbflow.ratings.MATCH_MM` of ``unknown_xyz`` (calls whose truth nobody
+    knows: unrated or unsure) are left out: neither hits nor false positives.
+    """
+    calls = read_detections(folder / f"{name}_desc-cmb_detections.tsv")
+    candidates = read_detections(folder / f"{name}_desc-candidates_detections.tsv")
+    unknown = np.asarray(unknown_xyz, dtype=float).reshape(-1, 3)
+    if len(unknown):
+        calls = calls[match_to_calls(_xyz(calls), unknown) < 0].reset_index(drop=True)
+        candidates = candidates[match_to_calls(_xyz(candidates), unknown) < 0].reset_index(drop=True)
+    voxel = voxel_sizes(nib.load(folder / f"{name}{BRAIN_MASK}.nii.gz").affine)
+    radius = truth["radius_mm"].to_numpy(dtype=float)
     return _Scan(
-        name=prefix,
+        name=name,
         truth=truth,
         calls=calls,
         candidates=candidates,
         voxel=voxel,
         # The workflow writes the high-pass phase only for scans whose phase it used.
-        has_phase=(folder / f"{prefix}{HPPHASE}.nii.gz").exists(),
+        has_phase=(folder / f"{name}{HPPHASE}.nii.gz").exists(),
         calls_match=match_detections(_xyz(calls), _xyz(truth), radius, voxel),
         candidates_match=match_detections(_xyz(candidates), _xyz(truth), radius, voxel),
     )
+
+
+def _load_scan(truth_tsv: Path, truth_dir: Path, output_dir: Path) -> _Scan | None:
+    """A scan's simulated truth and outputs, or None when the workflow has no final calls for it."""
+    prefix = truth_tsv.name.removesuffix("_desc-truth_lesions.tsv")
+    folder = output_dir / truth_tsv.parent.relative_to(truth_dir)
+    if not (folder / f"{prefix}_desc-cmb_detections.tsv").exists():
+        return None
+    truth = pd.read_csv(truth_tsv, sep="\t")
+    truth = truth[truth["kind"] == "cmb"].reset_index(drop=True)
+    return _scan(prefix, folder, truth.assign(radius_mm=truth["diameter_mm"] / 2))
 
 
 def region_accuracy(scans: Sequence[_Scan], atlas: MarsAtlas) -> dict:
@@ -249,7 +276,7 @@ def _group_figures(scans: Sequence[_Scan]) -> tuple[dict, pd.DataFrame]:
         [c["probability"].to_numpy() for c in standing],
         [_xyz(c) for c in standing],
         [_xyz(s.truth) for s in scans],
-        [s.truth["diameter_mm"].to_numpy(dtype=float) / 2 for s in scans],
+        [s.truth["radius_mm"].to_numpy(dtype=float) for s in scans],
         [s.voxel for s in scans],
     )
     figures = {
@@ -286,12 +313,18 @@ def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
     if not scans:
         raise InputError("no subject has both ground truth and cmbflow outputs", path=output_dir,
                          fix="point TRUTH_DIR at derivatives/simulation and OUTPUT_DIR at the workflow output")
+    atlas_path = output_dir / "atlas" / ATLAS_NAME
+    located = {"region_accuracy": region_accuracy(scans, read_mars_atlas(atlas_path))} if atlas_path.exists() else {}
+    return _results(scans, located)
 
+
+def _results(scans: Sequence[_Scan], extra: dict) -> dict:
+    """The figures of :func:`evaluate_outputs` (``per_region`` only where the truth has regions)."""
     regions = {}
-    for region in sorted({r for s in scans for r in s.truth["region"]}):
+    for region in sorted({r for s in scans if "region" in s.truth for r in s.truth["region"]}):
         hit = total = 0
         for s in scans:
-            in_region = set(np.flatnonzero(s.truth["region"].to_numpy() == region))
+            in_region = set(np.flatnonzero(s.truth["region"].to_numpy() == region)) if "region" in s.truth else set()
             total += len(in_region)
             hit += len(in_region & set(s.calls_match.pairs[:, 1].tolist()))
         regions[region] = {"lesions": total, "sensitivity": hit / total if total else float("nan")}
@@ -308,17 +341,130 @@ def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
         if members:
             by_phase[group], group_curve = _group_figures(members)
             curves[group] = _curve_points(group_curve)
-    atlas_path = output_dir / "atlas" / ATLAS_NAME
-    located = {"region_accuracy": region_accuracy(scans, read_mars_atlas(atlas_path))} if atlas_path.exists() else {}
     return {
         **figures,
         "candidates_per_scan": float(np.mean([len(s.candidates) for s in scans])),
-        "per_region": regions,
-        **located,
+        **({"per_region": regions} if regions else {}),
+        **extra,
         "per_scan": per_scan,
         "by_phase": by_phase,
         "froc_curve": curves,
     }
+
+
+def mask_lesions(path: str | Path, label: str) -> pd.DataFrame:
+    """The lesions of a mask: each connected component (26-neighbours) of its non-zero voxels,
+    at its centroid (world mm from the mask's affine), with its equivalent radius (of the sphere
+    of its volume)."""
+    try:
+        img = nib.load(path)
+        inside = np.asanyarray(img.dataobj) > 0
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same problem for the user
+        raise InputError(f"not a readable NIfTI mask ({type(err).__name__})", subject=label, path=path,
+                         fix="save the lesion mask as NIfTI") from None
+    if inside.ndim != 3:
+        raise InputError(f"mask of shape {inside.shape} is not 3D", subject=label, path=path,
+                         fix="give one 3D lesion mask per scan")
+    components, n = ndimage.label(inside, structure=np.ones((3, 3, 3)))
+    index = range(1, n + 1)
+    centroids = ijk_to_xyz(img.affine, np.reshape(ndimage.center_of_mass(inside, components, index), (-1, 3)))
+    volume = np.asarray(ndimage.sum_labels(inside, components, index), dtype=float) * abs(np.linalg.det(img.affine[:3, :3]))
+    return pd.DataFrame({"x": centroids[:, 0], "y": centroids[:, 1], "z": centroids[:, 2],
+                         "radius_mm": np.cbrt(3 * volume / (4 * np.pi))})
+
+
+def _points_table(path: Path, label: str, columns: Sequence[str] = ("x", "y", "z")) -> pd.DataFrame:
+    """A points table (x y z [radius_mm], world mm), checked; rows without x y z say "no lesion"."""
+    try:
+        table = pd.read_csv(path, sep="\t", dtype={"participant_id": str, "session_id": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise InputError(f"not a readable TSV ({str(err).splitlines()[0][:120]})", subject=label, path=path,
+                         fix="save it as tab-separated text") from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"no column {', '.join(missing)}", subject=label, path=path,
+                         fix=f"the columns are {' '.join(columns)} [radius_mm], tab-separated, world mm")
+    if "radius_mm" not in table.columns:
+        table["radius_mm"] = POINT_RADIUS_MM
+    numbers = table[["x", "y", "z", "radius_mm"]].apply(pd.to_numeric, errors="coerce")
+    bad = table[["x", "y", "z"]].notna().any(axis=1) & numbers[["x", "y", "z"]].isna().any(axis=1)
+    if bad.any():
+        row = int(bad.to_numpy().argmax())
+        raise InputError(f"row {row + 2}: x y z must be numbers (world mm)", subject=label, path=path,
+                         fix="give every lesion its position, or leave x y z empty for a scan without lesions")
+    return table.assign(**{c: numbers[c] for c in numbers}).fillna({"radius_mm": POINT_RADIUS_MM})
+
+
+def _label_of(name: str, label: str, suffixes: Sequence[str]) -> bool:
+    """Whether a file name is of scan ``label`` (not of one of its sessions) with one of ``suffixes``."""
+    rest = name[len(label):]
+    return (name.startswith(label) and rest.startswith("_") and not rest.startswith("_ses-")
+            and any(rest.endswith(suffix) for suffix in suffixes))
+
+
+def _reference(labels: Path, label: str, folder: Path) -> tuple[pd.DataFrame, npt.NDArray[np.float64]] | None:
+    """One scan's true lesions (x y z radius_mm) and the positions of calls of unknown truth, from
+    its manual labels, or None when the labels have none for it."""
+    subject, _, session = label.partition("_")
+    if labels.is_file():  # one points table for the cohort
+        table = _points_table(labels, label, POINTS_COLUMNS)
+        rows = table[table["participant_id"] == subject]
+        if "session_id" in table.columns:
+            rows = rows[rows["session_id"].fillna("") == session]
+        return (rows.dropna(subset=["x", "y", "z"]).reset_index(drop=True), np.zeros((0, 3))) if len(rows) else None
+    scan_dir = labels.joinpath(*label.split("_"))
+    points = [p for p in scan_dir.rglob("*.tsv") if p.name == f"{label}_desc-cmb_points.tsv"]
+    masks = [p for p in scan_dir.rglob(f"{label}*") if _label_of(p.name, label, MASK_SUFFIXES)]
+    ratings = ratings_files(labels, label)
+    found = points + masks + ratings
+    if len(points) + len(masks) > 1 or (ratings and points + masks):
+        raise InputError(f"{len(found)} references for one scan ({', '.join(p.name for p in found)})",
+                         subject=label, path=scan_dir, fix="keep one points table, one lesion mask or the ratings")
+    if points:
+        return _points_table(points[0], label).dropna(subset=["x", "y", "z"]).reset_index(drop=True), np.zeros((0, 3))
+    if masks:
+        return mask_lesions(masks[0], label), np.zeros((0, 3))
+    if not ratings:
+        return None
+    # Accepted calls and missed bleeds are the true bleeds, rejected calls false positives; the
+    # others (unsure, unrated) nobody knows.
+    calls = read_detections(folder / f"{label}_desc-cmb_detections.tsv")
+    rated = rate_subject(calls, ratings, label)
+    verdict = pd.Series(rated.ratings, index=calls.index, dtype=object)
+    truth = pd.concat([calls.loc[verdict == "accept", ["x", "y", "z", "radius_mm"]],
+                       rated.missed[["x", "y", "z"]].assign(radius_mm=POINT_RADIUS_MM)], ignore_index=True)
+    return truth, _xyz(calls[~verdict.isin(["accept", "reject"])])
+
+
+def evaluate_labels(labels: str | Path, output_dir: str | Path) -> dict:
+    """Compare a workflow's outputs with manual labels: the figures of :func:`evaluate_outputs`
+    (no region accuracy; ``per_region`` only where a points table has a ``region`` column) over
+    every subject/session that has outputs and labels.
+
+    ``labels`` is a folder holding, per scan, one of: a points table
+    ``sub-X[/ses-Y]/sub-X[_ses-Y]_desc-cmb_points.tsv`` (x y z [radius_mm], world mm), a lesion
+    mask ``sub-X[/ses-Y]/[anat/]sub-X[_ses-Y]_..._CMB.nii.gz`` (VALDO) or ``..._desc-cmb_mask.nii.gz``
+    (connected components are lesions), or the ratings of the calls (docs/ratings.md: accepted
+    calls and missed bleeds are the true bleeds, rejected calls false positives, unsure and
+    unrated calls left out); or it is one points table of the cohort with columns
+    ``participant_id [session_id] x y z [radius_mm]``, where a scan with a row is labelled and a
+    row with empty x y z says the scan has no microbleed.
+    """
+    labels, output_dir = Path(labels), Path(output_dir)
+    if not labels.exists():
+        raise InputError("no such labels folder or points table", path=labels,
+                         fix="give the folder of manual labels, or a points TSV")
+    scans = []
+    for calls in sorted(output_dir.glob("sub-*/**/sub-*_desc-cmb_detections.tsv")):
+        label = calls.name.removesuffix("_desc-cmb_detections.tsv")
+        reference = _reference(labels, label, calls.parent)
+        if reference is not None:
+            scans.append(_scan(label, calls.parent, *reference))
+    if not scans:
+        raise InputError("no subject has both manual labels and cmbflow outputs", path=labels,
+                         fix="name the labels by subject (and session) as docs/evaluation.md says, and point "
+                         "OUTPUT_DIR at the workflow output")
+    return _results(scans, {})
 
 
 def plot_froc(

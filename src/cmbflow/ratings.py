@@ -34,6 +34,12 @@ UNNAMED = "unnamed"
 _RATER = re.compile(r"_rater-([A-Za-z0-9]+)_")
 
 
+def ratings_table_path(label: str) -> Path:
+    """Where a ratings table of subject/session ``label`` goes, relative to the ratings folder
+    (one unnamed rater's; the subject's report page downloads it under this name)."""
+    return Path(*label.split("_"), f"{label}_desc-cmb_ratings.tsv")
+
+
 def ratings_files(ratings_dir: str | Path, label: str) -> list[Path]:
     """The ratings of subject/session ``label`` (``sub-X`` or ``sub-X_ses-Y``): tables and label maps."""
     folder = Path(ratings_dir, *label.split("_"))

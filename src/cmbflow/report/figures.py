@@ -8,6 +8,7 @@ sagittal y and z.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from cmbflow.image import atomic_path, ijk_to_xyz  # noqa: E402
 from cmbflow.patches import sample_world  # noqa: E402
@@ -38,6 +40,15 @@ _AXIS_NAMES = "xyz"
 #: Side of the zoomed views around one detection, and their sampling step.
 ZOOM_MM = 24.0
 ZOOM_SPACING_MM = 0.25
+#: Side of the context view beside each call's zoom (the vessel or sulcus a dark spot sits in), its
+#: sampling step, and the slab of its minimum-intensity projection: minIP slabs of about 8 mm are
+#: what shows a vein's course across slices on SWI.
+CONTEXT_MM = 48.0
+CONTEXT_SPACING_MM = 0.5
+MINIP_MM = 8.0
+MINIP_STEP_MM = 0.5
+#: Width of one panel of a call's figure (inches, at DPI): about 150 px.
+CALL_PANEL_IN = 1.9
 #: Cuts of the registration figure, in MNI mm: through the basal ganglia, centrum semiovale, brainstem.
 MNI_CUTS = (("axial", -20.0), ("axial", 5.0), ("axial", 35.0), ("coronal", -18.0), ("sagittal", 12.0))
 DPI = 80
@@ -100,6 +111,22 @@ def world_plane(
     points[:, v] = grid_v.ravel()
     values = sample_world(volume, affine, points, order=order, mode="constant", cval=np.nan)
     return values.reshape(grid_u.shape)
+
+
+def world_minip(
+    volume: npt.NDArray[np.floating],
+    affine: npt.NDArray[np.float64],
+    view: str,
+    position_mm: float,
+    bounds: npt.ArrayLike,
+    spacing_mm: float,
+    slab_mm: float = MINIP_MM,
+) -> npt.NDArray[np.float32]:
+    """Minimum-intensity projection of a ``slab_mm`` slab centred on a world-axis cut (as
+    :func:`world_plane`; NaN only where the whole slab is outside the image)."""
+    offsets = np.arange(-slab_mm / 2, slab_mm / 2 + MINIP_STEP_MM / 2, MINIP_STEP_MM)
+    planes = [world_plane(volume, affine, view, position_mm + offset, bounds, spacing_mm) for offset in offsets]
+    return np.fmin.reduce(planes)
 
 
 def _show(ax: Axes, plane: npt.NDArray, bounds: npt.NDArray, cmap: str, vmin: float, vmax: float) -> None:
@@ -211,13 +238,41 @@ def montage_figure(table: pd.DataFrame, channels: list[Channel], empty_text: str
             in_plane = np.array([[centre[u] - half, centre[u] + half], [centre[v] - half, centre[v] + half]])
             plane = world_plane(channel.data, channel.affine, view, centre[normal], in_plane, ZOOM_SPACING_MM)
             _show(ax, plane, in_plane, channel.cmap, channel.vmin, channel.vmax)
-            # Ticks at the detection, off its centre, so the lesion itself stays visible.
-            for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                ax.plot([centre[u] + dx * 3, centre[u] + dx * 5], [centre[v] + dy * 3, centre[v] + dy * 5],
-                        color="yellow", linewidth=1)
+            _mark(ax, centre[u], centre[v], ZOOM_MM)
             if rank == 1:
                 ax.set_title(f"{channel.name}\n{view}", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _mark(ax: Axes, u: float, v: float, width_mm: float) -> None:
+    """Yellow ticks pointing at (u, v), off its centre so that the lesion itself stays visible."""
+    near, far = width_mm / 8, width_mm / 4.8
+    for du, dv in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        ax.plot([u + du * near, u + du * far], [v + dv * near, v + dv * far], color="yellow", linewidth=1)
+
+
+def call_figure(row: pd.Series, channels: list[Channel], projected: Channel) -> Figure:
+    """One call, large enough to judge: ``projected`` (the SWI, else the magnitude) in an axial
+    context view (``CONTEXT_MM``) and its minimum-intensity projection over ``MINIP_MM`` (a vein
+    runs on across slices, a microbleed does not), then axial and coronal zooms (``ZOOM_MM``) of
+    every channel (the coronal view shows a bleed's phase dipole along B0)."""
+    centre = row[["x", "y", "z"]].to_numpy(dtype=float)
+    panels = [(projected, "axial", CONTEXT_MM, False), (projected, "axial", CONTEXT_MM, True)]
+    panels += [(channel, view, ZOOM_MM, False) for channel in channels for view in ("axial", "coronal")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(CALL_PANEL_IN * len(panels), CALL_PANEL_IN + 0.3), dpi=DPI,
+                             squeeze=False, layout="constrained")
+    for ax, (channel, view, width, minip) in zip(axes[0], panels):
+        normal, (u, v) = VIEWS[view]
+        in_plane = np.array([[centre[u] - width / 2, centre[u] + width / 2],
+                             [centre[v] - width / 2, centre[v] + width / 2]])
+        cut = world_minip if minip else world_plane
+        spacing = CONTEXT_SPACING_MM if width > ZOOM_MM else ZOOM_SPACING_MM
+        _show(ax, cut(channel.data, channel.affine, view, centre[normal], in_plane, spacing), in_plane,
+              channel.cmap, channel.vmin, channel.vmax)
+        _mark(ax, centre[u], centre[v], width)
+        title = f"minIP {MINIP_MM:g} mm" if minip else view
+        ax.set_title(f"{channel.name}\n{title}, {width:g} mm", fontsize=8)
     return fig
 
 
@@ -261,8 +316,19 @@ def acquisition_groups(summary: pd.DataFrame) -> pd.Series:
     return summary.apply(label, axis=1) if len(summary) else pd.Series(dtype=str)
 
 
+def png_bytes(fig: Figure) -> bytes:
+    """A figure as an 8-bit palette PNG (greys and a few overlay colours fit in 256; a quarter
+    smaller than RGBA, and pages carry their figures); the figure is freed."""
+    rgba = io.BytesIO()
+    fig.savefig(rgba, format="png", dpi=DPI)
+    plt.close(fig)
+    palette = io.BytesIO()
+    Image.open(rgba).convert("RGB").quantize(colors=256).save(palette, format="PNG", optimize=True)
+    return palette.getvalue()
+
+
 def save_png(fig: Figure, path: str | Path) -> None:
     """Write a figure as PNG, atomically, and free it."""
+    data = png_bytes(fig)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    plt.close(fig)
+        tmp.write_bytes(data)

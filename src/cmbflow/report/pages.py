@@ -20,6 +20,7 @@ from cmbflow.cohort import summarise_subject
 from cmbflow.detections import read_detections
 from cmbflow.image import atomic_path, load_image, read_sidecar
 from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
+from cmbflow.ratings import ratings_table_path
 from cmbflow.report import figures
 from cmbflow.viewer import write_viewer_files
 
@@ -30,7 +31,8 @@ LOW_BRAIN_VOLUME_ML = 900.0
 MANY_CANDIDATES = 3000
 MANY_CALLS = 20
 LOW_REGISTRATION_SIMILARITY = 0.15
-#: Rows of the call montage (a page with hundreds of zooms helps nobody), and rejected candidates shown.
+#: Rows of the call montage and calls drawn on the page (a page with hundreds of zooms helps nobody:
+#: the others are rated from their table row), and rejected candidates shown.
 MAX_MONTAGE_CALLS = 40
 N_REJECTED = 8
 
@@ -106,8 +108,38 @@ def _rows(table: pd.DataFrame, columns: list[str]) -> list[list[str]]:
     return [[_display(row.get(c)) for c in columns] for _, row in table.iterrows()]
 
 
-def _data_uri(png: str | Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode("ascii")
+def _data_uri(png: str | Path | bytes) -> str:
+    data = png if isinstance(png, bytes) else Path(png).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _flag(value: object) -> str:
+    """A mimic flag for the reviewer: yes, no, or n/a (no phase to tell)."""
+    return "n/a" if not _known(value) else "yes" if str(value).lower() in ("true", "1", "1.0") else "no"
+
+
+def review_calls(calls: pd.DataFrame, candidates: pd.DataFrame, channels: list[figures.Channel],
+                 projected: figures.Channel) -> list[dict]:
+    """What the page shows to rate each call, most probable first: its number (row of the calls
+    table, as in the viewer files), position, probability and its spread, mimic flags (from the
+    candidates table) and, for the first :data:`MAX_MONTAGE_CALLS`, its figure as a data URI."""
+    flags = candidates[["x", "y", "z", "mimic_diamagnetic", "mimic_vessel"]] if "mimic_vessel" in candidates else None
+    table = calls.assign(number=np.arange(1, len(calls) + 1))
+    if flags is not None:  # the calls are candidates: same positions, written alike
+        table = table.merge(flags, on=["x", "y", "z"], how="left")
+    table = table.sort_values("probability", ascending=False, kind="stable")
+    return [{
+        "number": int(row["number"]),
+        "xyz": [float(row[c]) for c in "xyz"],
+        "probability": _display(row.get("probability")),
+        "probability_sd": _display(row.get("probability_sd")),
+        "radius_mm": _display(row.get("radius_mm")),
+        "region": " / ".join(str(row[c]) for c in ("region", "lobe", "hemisphere") if _known(row.get(c))) or "n/a",
+        "mimic_diamagnetic": _flag(row.get("mimic_diamagnetic")),
+        "mimic_vessel": _flag(row.get("mimic_vessel")),
+        "figure": (_data_uri(figures.png_bytes(figures.call_figure(row, channels, projected)))
+                   if shown < MAX_MONTAGE_CALLS else None),
+    } for shown, (_, row) in enumerate(table.iterrows())]
 
 
 def _write_html(template: str, path: str | Path, **context: object) -> None:
@@ -144,7 +176,8 @@ def write_subject_report(
 ) -> None:
     """One subject's QC: its row of the cohort summary (:func:`cmbflow.cohort.summarise_subject`, in
     ``out_metrics``); the files raters open (:func:`cmbflow.viewer.write_viewer_files`); and its
-    page: inputs, mask and registration overlays, every call, top rejected candidates."""
+    page: inputs, mask and registration overlays, every call with buttons to rate it (the page
+    exports the subject's ratings table, docs/ratings.md), top rejected candidates."""
     summarise_subject(magnitude, mask_json, xfm_json, candidates, calls, sources["magnitude"], has_phase, echo,
                       out_metrics, label)
     write_viewer_files(calls, magnitude, out_dseg, out_dseg_tsv, out_dseg_json, out_markups)
@@ -155,11 +188,14 @@ def write_subject_report(
     figures.save_png(figures.registration_figure(nib.load(warped)), out_registration_png)
 
     channels = [figures.Channel.windowed("magnitude", mag_img, inside)]
+    projected = channels[0]  # the calls' minimum-intensity projections: of the SWI where there is one
     if hpphase and swi:
-        channels.append(figures.Channel.windowed("SWI", load_image(swi, subject=label), inside))
+        projected = figures.Channel.windowed("SWI", load_image(swi, subject=label), inside)
+        channels.append(projected)
         channels.append(figures.Channel.windowed("high-pass phase", load_image(hpphase, subject=label), inside,
                                                  symmetric=True))
     table = read_detections(candidates).sort_values("probability", ascending=False, kind="stable")
+    review = review_calls(read_detections(calls), table, channels, projected)
     calls = table[table["is_cmb"].astype(bool)]
     rejected = table[~table["is_cmb"].astype(bool)].head(N_REJECTED)
     figures.save_png(figures.montage_figure(calls.head(MAX_MONTAGE_CALLS), channels, "no microbleeds called"),
@@ -193,12 +229,14 @@ def write_subject_report(
         metrics={k: _display(qc.get(k)) for k in shown},
         columns=DETECTION_COLUMNS,
         calls=_rows(calls, DETECTION_COLUMNS),
-        montage_capped=len(calls) > MAX_MONTAGE_CALLS,
+        review=review,
+        ratings_file=ratings_table_path(label).name,
+        ratings_path=ratings_table_path(label).as_posix(),
         max_montage=MAX_MONTAGE_CALLS,
-        zoom_mm=f"{figures.ZOOM_MM:g}",
+        sizes={"zoom": f"{figures.ZOOM_MM:g}", "context": f"{figures.CONTEXT_MM:g}", "minip": f"{figures.MINIP_MM:g}"},
         rejected=_rows(rejected, DETECTION_COLUMNS),
         figures={"mask": _data_uri(out_mask_png), "registration": _data_uri(out_registration_png),
-                 "calls": _data_uri(out_calls_png), "rejected": _data_uri(out_rejected_png)},
+                 "rejected": _data_uri(out_rejected_png)},
     )
 
 
