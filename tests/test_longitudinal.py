@@ -273,3 +273,15 @@ def test_simulated_followups_are_deterministic_and_keep_the_baseline(followups, 
         assert path.read_bytes() == (followups / path.relative_to(tmp_path / "again")).read_bytes(), path
     for path in (tmp_path / "single").rglob("sub-001_*.nii.gz"):  # same baseline images as a one-session cohort
         assert path.read_bytes() == (followups / path.relative_to(tmp_path / "single")).read_bytes(), path
+
+
+@pytest.mark.parametrize("argv, sessions", [([], 0), (["--sessions"], 1), (["--sessions", "3"], 3)])
+def test_simulate_command_takes_a_number_of_sessions(monkeypatch, tmp_path, argv, sessions):
+    import cmbflow.simulate
+    from cmbflow.cli import run_simulate
+
+    seen = {}
+    monkeypatch.setattr(cmbflow.simulate, "simulate_cohort", lambda out, n, seed, preset, sessions: seen.update(
+        sessions=sessions) or ["sub-001"])
+    assert run_simulate([str(tmp_path), "--preset", "tiny"] + argv) == 0
+    assert seen["sessions"] == sessions
