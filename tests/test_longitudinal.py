@@ -285,3 +285,17 @@ def test_simulate_command_takes_a_number_of_sessions(monkeypatch, tmp_path, argv
         sessions=sessions) or ["sub-001"])
     assert run_simulate([str(tmp_path), "--preset", "tiny"] + argv) == 0
     assert seen["sessions"] == sessions
+
+
+def test_empty_followup_and_written_table(tmp_path):
+    from cmbflow.detections import read_detections
+    from cmbflow.longitudinal import LONGITUDINAL_COLUMNS, write_longitudinal_detections
+
+    result = track_detections([session("ses-01", [call(0, 0, 0)]), session("ses-02", [])])
+    assert rows(result, "ses-02")[["status", "reason"]].values.tolist() == [["not_seen", "not_detected"]]
+    write_longitudinal_detections(result, tmp_path / "long.tsv", tmp_path / "long.json", Sources=["x"])
+    back = read_detections(tmp_path / "long.tsv")
+    assert list(back.columns) == list(LONGITUDINAL_COLUMNS)
+    assert back["reason"].isna().tolist() == [True, False] and back.loc[1, "reason"] == "not_detected"
+    sidecar = json.loads((tmp_path / "long.json").read_text())
+    assert sidecar["BaselineSession"] == "ses-01" and sidecar["Sources"] == ["x"] and "status" in sidecar

@@ -5,7 +5,8 @@
    points between the two; :func:`in_field_of_view` says whether a session covered a point.
 2. :func:`load_session` reads a session's candidates (calls are its ``is_cmb`` rows) with their
    position in baseline world space; :func:`track_detections` gives every call a track and a
-   status, and every earlier call missing from a later session a ``not_seen`` row with a reason.
+   status, and every earlier call missing from a later session a ``not_seen`` row with a reason
+   (written by :func:`write_longitudinal_detections`).
 3. :func:`longitudinal_summary` makes the cohort rows, with the ARIA-H grade
    (:func:`aria_h_grade`, research use); :func:`new_bleed_matches` and :func:`score_new_bleeds`
    score the new bleeds against the simulator's truth. Method and rules: docs/longitudinal.md.
@@ -25,9 +26,9 @@ import pandas as pd
 from scipy import ndimage
 
 from cmbflow.anat import _ANTS_SEED, _coarse, _entropy_correlation, _mask_to_ants, _store_transforms, ants, to_ants
-from cmbflow.detections import read_detections
+from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.evaluate import match_detections, match_points
-from cmbflow.image import voxel_sizes, xyz_to_ijk
+from cmbflow.image import atomic_path, voxel_sizes, write_json, xyz_to_ijk
 from cmbflow.transforms import Transforms, points_from_mni, points_to_mni
 
 STATUSES = ("baseline", "persisting", "new", "not_seen")
@@ -219,7 +220,7 @@ class _Points(NamedTuple):
     diagonal: npt.NDArray[np.float64]  # (N,) voxel diagonal of the session each was seen in
 
 
-def tolerance_mm(a: _Points, b: _Points) -> npt.NDArray[np.float64]:
+def _tolerance_mm(a: _Points, b: _Points) -> npt.NDArray[np.float64]:
     """(len(a), len(b)) distances within which two detections are one lesion (see MIN_TOLERANCE_MM)."""
     coarser = np.maximum(a.diagonal[:, None], b.diagonal[None, :])
     return np.maximum.reduce([
@@ -237,13 +238,13 @@ def _link(points: _Points, calls: _Points, candidates: _Points) -> tuple[npt.NDA
     """For each of ``points``: the index of the call it matches (one to one; -1 for none), and,
     for the rest, whether it matches (one to one) a candidate of comparable radius."""
     called = np.full(len(points.xyz), -1, dtype=np.int64)
-    match = match_points(points.xyz, calls.xyz, tolerance_mm(points, calls))
+    match = match_points(points.xyz, calls.xyz, _tolerance_mm(points, calls))
     called[match.pairs[:, 0]] = match.pairs[:, 1]
     rest = np.flatnonzero(called < 0)
     left = _Points(*(v[rest] for v in points))
     ratio = np.maximum(left.radius[:, None], candidates.radius[None, :]) / np.maximum(
         np.minimum(left.radius[:, None], candidates.radius[None, :]), 1e-6)
-    tolerance = np.where(ratio <= COMPARABLE_RADIUS_RATIO, tolerance_mm(left, candidates), -1.0)
+    tolerance = np.where(ratio <= COMPARABLE_RADIUS_RATIO, _tolerance_mm(left, candidates), -1.0)
     candidate = np.zeros(len(points.xyz), dtype=bool)
     candidate[rest[match_points(left.xyz, candidates.xyz, tolerance).pairs[:, 0]]] = True
     return called, candidate
@@ -362,7 +363,7 @@ def _not_seen(session: Session, numbers: list[int], tracks: list[dict], below: p
     xyz = np.asarray(session.from_baseline(xyz_baseline), dtype=float).reshape(-1, 3)
     covered = np.asarray(session.in_view(xyz), dtype=bool)
     candidates = _points(below, session.voxel_size_mm)
-    tolerance = np.where(covered[:, None], tolerance_mm(lost, candidates), -1.0)
+    tolerance = np.where(covered[:, None], _tolerance_mm(lost, candidates), -1.0)
     candidate_of = dict(map(tuple, match_points(lost.xyz, candidates.xyz, tolerance).pairs.tolist()))
     rows = []
     for k, number in enumerate(numbers):
@@ -380,6 +381,16 @@ def _not_seen(session: Session, numbers: list[int], tracks: list[dict], below: p
             "lobe": track["lobe"], "new_since_baseline": not track["at_baseline"], "new_since_previous": False,
         })
     return rows
+
+
+def write_longitudinal_detections(result: Longitudinal, tsv: str | Path, sidecar: str | Path, **fields: object) -> None:
+    """Write a subject's longitudinal detections table and its JSON sidecar (``fields``: e.g.
+    Sources), atomically, with the detection tables' fixed float format."""
+    with atomic_path(tsv) as tmp:
+        result.detections.to_csv(tmp, sep="\t", index=False, float_format=FLOAT_FORMAT, na_rep="n/a")
+    write_json({"Description": "Microbleed calls tracked across the subject's sessions (docs/longitudinal.md)",
+                "BaselineSession": result.baseline, "Sessions": result.sessions, **fields, **LONGITUDINAL_COLUMNS},
+               sidecar)
 
 
 # --------------------------------------------------------------------------- summary and grade
