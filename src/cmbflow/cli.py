@@ -1,7 +1,7 @@
 """Command line: the BIDS-App entry point, the simulator and a cohort overview.
 
     cmbflow BIDS_DIR OUTPUT_DIR participant|group [options] [snakemake args...]  (cmbflow.bids_app)
-    cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse|training]
+    cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse|training] [--sessions [N]]
     cmbflow evaluate [--labels] REFERENCE OUTPUT_DIR [--json FILE] [--plot PNG]
     cmbflow show OUTPUT_DIR
 """
@@ -28,7 +28,9 @@ def run_simulate(argv: list[str]) -> int:
     parser.add_argument("--subjects", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=PRESETS, default="standard")
-    parser.add_argument("--sessions", action="store_true", help="give every subject a session (ses-01)")
+    parser.add_argument("--sessions", type=int, nargs="?", const=1, default=0, metavar="N",
+                        help="give every subject sessions: alone, one (ses-01); N >= 2, a baseline and N-1 "
+                        "follow-ups of the same head, moved, with new microbleeds (docs/longitudinal.md)")
     args = parser.parse_args(argv)
     labels = simulate_cohort(args.out, args.subjects, args.seed, preset=args.preset, sessions=args.sessions)
     print(f"simulated {len(labels)} subjects in {args.out} (truth in {args.out / 'derivatives' / 'simulation'})")

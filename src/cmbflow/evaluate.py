@@ -73,18 +73,26 @@ def match_detections(
     truth_radius_mm: npt.ArrayLike,
     voxel_size_mm: Sequence[float],
 ) -> Match:
-    """Match detections (N, 3) to true lesions (M, 3), world mm, one to one.
+    """Match detections (N, 3) to true lesions (M, 3), world mm, one to one, within each lesion's
+    radius plus the largest voxel edge (see :func:`match_points`)."""
+    truth = _points(truth_xyz)
+    radius = np.broadcast_to(np.asarray(truth_radius_mm, dtype=float), (len(truth),))
+    return match_points(detections_xyz, truth, (radius + float(np.max(voxel_size_mm)))[None, :])
+
+
+def match_points(a_xyz: npt.ArrayLike, b_xyz: npt.ArrayLike, tolerance_mm: npt.ArrayLike) -> Match:
+    """Match points ``a`` (N, 3) to points ``b`` (M, 3), world mm, one to one; a pair counts when
+    its distance is at most ``tolerance_mm`` (broadcastable to (N, M)). In the returned
+    :class:`Match`, ``a`` are the detections and ``b`` the truth.
 
     Among all one-to-one assignments in which every pair is within tolerance, the Hungarian
     algorithm picks one with the most pairs and, among those, the least total distance.
     """
-    det, truth = _points(detections_xyz), _points(truth_xyz)
-    radius = np.broadcast_to(np.asarray(truth_radius_mm, dtype=float), (len(truth),))
-    tolerance = radius + float(np.max(voxel_size_mm))
+    det, truth = _points(a_xyz), _points(b_xyz)
     if len(det) == 0 or len(truth) == 0:
         return Match(np.zeros((0, 2), np.int64), np.zeros(0), np.arange(len(det)), np.arange(len(truth)))
     dist = np.linalg.norm(det[:, None, :] - truth[None, :, :], axis=-1)
-    within = dist <= tolerance[None, :]
+    within = dist <= np.broadcast_to(np.asarray(tolerance_mm, dtype=float), dist.shape)
     # A pair out of tolerance costs more than any set of valid pairs could save, so the optimum
     # maximises the number of valid pairs first.
     big = 1.0 + dist[within].sum() if within.any() else 1.0

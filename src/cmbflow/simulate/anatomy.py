@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -234,12 +235,15 @@ def _draw_lesion(
     return None
 
 
-def place_lesions(canvas: MniCanvas, params: SubjectParams, rng: np.random.Generator) -> list[Lesion]:
-    """Microbleeds then calcifications, inside tissue, not touching, >= 8 mm apart (surface gap).
+def place_lesions(
+    canvas: MniCanvas, params: SubjectParams, rng: np.random.Generator, existing: Sequence[Lesion] = ()
+) -> list[Lesion]:
+    """Microbleeds then calcifications, inside tissue, not touching, >= 8 mm apart (surface gap),
+    also from the ``existing`` lesions (a follow-up session's new bleeds); only the new ones are returned.
 
     Fewer than asked are returned only when no free position is found (recorded as realised).
     """
-    placed: list[Lesion] = []
+    placed: list[Lesion] = list(existing)
     kinds = (
         ("cmb", params.n_cmb, CMB_REGION_WEIGHTS, params.cmb_diameter_mm, params.cmb_chi_ppm),
         ("calcification", params.n_calcifications, CALCIFICATION_SITE_WEIGHTS,
@@ -255,7 +259,7 @@ def place_lesions(canvas: MniCanvas, params: SubjectParams, rng: np.random.Gener
             lesion = _draw_lesion(canvas, kind, site, diameter, chi, placed, params.head_scale, rng)
             if lesion is not None:
                 placed.append(lesion)
-    return placed
+    return placed[len(existing):]
 
 
 def _trace_cortical(

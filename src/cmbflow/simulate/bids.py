@@ -10,6 +10,7 @@ from cmbflow import __version__
 from cmbflow.errors import InputError
 from cmbflow.image import atomic_path, save_image, write_json
 from cmbflow.simulate.params import PRESETS, sample_subject_params
+from cmbflow.simulate.sessions import session_labels, simulate_sessions
 from cmbflow.simulate.subject import SimulatedSubject, simulate_subject
 
 BIDS_VERSION = "1.10.0"
@@ -33,18 +34,23 @@ def simulate_cohort(
     n_subjects: int,
     seed: int,
     preset: str = "standard",
-    sessions: bool = False,
+    sessions: bool | int = False,
 ) -> list[str]:
     """Simulate ``n_subjects`` and write them as BIDS under ``out_dir``; return the subject labels.
 
+    ``sessions``: False writes no session level, True (or 1) one session ``ses-01``, N >= 2 a
+    baseline and N - 1 follow-ups of the same head (:mod:`cmbflow.simulate.sessions`), whose truth
+    tables add :data:`~cmbflow.simulate.sessions.SESSION_TRUTH_COLUMNS`.
+
     Subject number ``i`` (label ``sub-00i``, from 1) draws everything from
-    ``np.random.default_rng([seed, i])``, so a subject does not depend on how many others are
-    made, and the same seed writes byte-identical files.
+    ``np.random.default_rng([seed, i])`` (its follow-ups from ``default_rng([seed, i, 1])``), so a
+    subject does not depend on how many others are made, the baseline does not depend on the
+    number of sessions, and the same seed writes byte-identical files.
     """
     if preset not in PRESETS:
         raise InputError(f"unknown simulator preset {preset!r}", fix=f"use one of {', '.join(PRESETS)}")
-    if n_subjects < 1 or seed < 0:
-        raise InputError(f"need n_subjects >= 1 and seed >= 0 (got {n_subjects}, {seed})")
+    if n_subjects < 1 or seed < 0 or sessions < 0:
+        raise InputError(f"need n_subjects >= 1, seed >= 0 and sessions >= 0 (got {n_subjects}, {seed}, {sessions})")
     out_dir = Path(out_dir)
     labels = [f"sub-{number:03d}" for number in range(1, n_subjects + 1)]
     write_json(
@@ -61,8 +67,14 @@ def simulate_cohort(
     )
     for number, label in enumerate(labels, start=1):
         rng = np.random.default_rng([seed, number])
-        subject = simulate_subject(sample_subject_params(rng, preset), rng)
-        write_subject(out_dir, label, subject, session="01" if sessions else None)
+        params = sample_subject_params(rng, preset)
+        if sessions < 2:
+            write_subject(out_dir, label, simulate_subject(params, rng), session="01" if sessions else None)
+            continue
+        followup_rng = np.random.default_rng([seed, number, 1])
+        for session, subject in zip(session_labels(int(sessions)),
+                                    simulate_sessions(params, rng, number, int(sessions), followup_rng)):
+            write_subject(out_dir, label, subject, session=session)
     return labels
 
 

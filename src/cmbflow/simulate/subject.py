@@ -65,22 +65,43 @@ class SimulatedSubject:
     realised: dict  # JSON-ready values drawn or derived during simulation
 
 
+@dataclass(frozen=True, eq=False)
+class Anatomy:
+    """What one head is made of, in MNI space: drawn once, imaged in every session."""
+
+    layers_mm: dict[str, float]  # CSF rim, skull and scalp thickness
+    lesions: list[Lesion]  # in the order of their track ids (1, 2, ...)
+    veins: list[Vein]
+
+
 def simulate_subject(params: SubjectParams, rng: np.random.Generator) -> SimulatedSubject:
     """Simulate one subject from its parameters; all randomness comes from ``rng``.
 
     The sequence of draws does not depend on TE, B0, SNR or units, so two calls that differ only
     in those (with equally seeded generators) image the same head with the same lesions and noise.
     """
+    return image_anatomy(params, draw_anatomy(params, rng), rng)
+
+
+def draw_anatomy(params: SubjectParams, rng: np.random.Generator) -> Anatomy:
+    """Draw a head's layers, lesions and veins (veins start along or across B0 in this pose)."""
     canvas = mni_canvas(params.template_resolution_mm)
-    head = world_from_mni(params)
-    scale = params.head_scale
     layers_mm = {
         "csf_rim": round(float(rng.uniform(1.5, 3.5)), 3),
         "skull": round(float(rng.uniform(4.0, 7.0)), 3),
         "scalp": round(float(rng.uniform(4.0, 8.0)), 3),
     }
     lesions = place_lesions(canvas, params, rng)
-    veins = place_veins(canvas, params, lesions, head, rng)
+    return Anatomy(layers_mm, lesions, place_veins(canvas, params, lesions, world_from_mni(params), rng))
+
+
+def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Generator) -> SimulatedSubject:
+    """Image a head in the pose and with the protocol of ``params``; ``rng`` draws the background
+    field, bias, receiver phase and noise (a new session of the same head draws them anew)."""
+    canvas = mni_canvas(params.template_resolution_mm)
+    head = world_from_mni(params)
+    scale = params.head_scale
+    layers_mm, lesions, veins = anatomy.layers_mm, anatomy.lesions, anatomy.veins
     background_coeffs = rng.standard_normal(9)
     bias_coeffs = rng.standard_normal(9)
     receiver_phase = float(rng.uniform(-np.pi, np.pi))
