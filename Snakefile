@@ -30,6 +30,7 @@ include: "rules/classify.smk"
 include: "rules/train.smk"
 include: "rules/qc.smk"
 include: "rules/group.smk"
+include: "rules/longitudinal.smk"
 include: "rules/partial.smk"
 
 

@@ -114,15 +114,17 @@ def label(wildcards):
 
 
 def participant_outputs(wildcards):
-    """Every selected subject's outputs (its report needs all of them); stops here, with one line,
-    when bids_dir or output_dir is missing."""
+    """Every selected subject's outputs (its report needs all of them, and with sessions its
+    longitudinal table); stops here, with one line, when bids_dir or output_dir is missing."""
     require_dataset(CFG)
-    return expand_subjects(rules.subject_report.output.html)
+    longitudinal = [rules.longitudinal.output.tsv.format(subject=subject) for subject in SESSIONS]
+    return expand_subjects(rules.subject_report.output.html) + longitudinal
 
 
 def group_outputs(wildcards):
+    """The cohort tables and report, and with sessions the longitudinal table (rules/longitudinal.smk)."""
     require_dataset(CFG)
-    return [*rules.cohort.output, *rules.cohort_report.output]
+    return [*rules.cohort.output, *rules.cohort_report.output, *(rules.cohort_longitudinal.output if SESSIONS else [])]
 
 
 def ratings_inputs(wildcards):

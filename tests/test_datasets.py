@@ -115,3 +115,49 @@ def test_status_reads_a_sessions_logs_in_their_subfolder(tmp_path):
     log.write_text("t t ERROR root: sub-002_ses-01: broken\n")
     assert subject_status("sub-002_ses-01", tmp_path / "none.json", tmp_path / "logs") == \
         "failed in classify: sub-002_ses-01: broken"
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory):
+    """Two tiny subjects with three sessions each, the head moved and new bleeds at each follow-up;
+    ses-03 held back (added later by a test)."""
+    root = tmp_path_factory.mktemp("sessions")
+    simulate_cohort(root / "all", 2, seed=12, preset="tiny", sessions=3)
+    bids = Path(shutil.copytree(root / "all", root / "bids", ignore=shutil.ignore_patterns("ses-03")))
+    return root / "all", bids
+
+
+def test_two_sessions_track_new_bleeds_and_a_later_session_reruns_only_its_subject(sessions, tmp_path):
+    everything, bids = sessions
+    out = tmp_path / "out"
+    result = snakemake(bids, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    cohort = pd.read_csv(out / "group" / "cohort_longitudinal.csv", dtype={"session": str})
+    assert cohort[["participant_id", "baseline_session", "session"]].values.tolist() == [
+        ["sub-001", "ses-01", "ses-02"], ["sub-002", "ses-01", "ses-02"]]
+    assert set(cohort["aria_h_grade"]) <= {"none", "mild", "moderate", "severe"}
+    assert (cohort["registration_similarity"] > 0.3).all()
+    for subject, row in cohort.set_index("participant_id").iterrows():
+        table = pd.read_csv(out / subject / "anat" / f"{subject}_desc-longitudinal_detections.tsv", sep="\t")
+        assert set(table["status"]) <= {"baseline", "persisting", "new", "not_seen"}
+        follow = table[table["session"] == "ses-02"]
+        assert (follow["status"] == "new").sum() == row["n_new"]
+        truth = pd.read_csv(bids / "derivatives" / "simulation" / subject / "ses-02" / "anat" /
+                            f"{subject}_ses-02_desc-truth_lesions.tsv", sep="\t")
+        print(subject, "new at ses-02: truth", int((truth["session_introduced"] == "ses-02").sum()),
+              "called", row["n_new"])
+
+    # A session added later: its own jobs, its subject's longitudinal step and the cohort's, nothing else.
+    shutil.copytree(everything / "sub-001" / "ses-03", bids / "sub-001" / "ses-03")
+    plan = snakemake(bids, out, "--dry-run")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    planned = set()
+    for block in re.split(r"^\s*(?:local)?rule (?=\w+:$)", plan.stdout, flags=re.M)[1:]:
+        rule, body = block.split(":", 1)
+        wildcards = re.search(r"^\s*wildcards: (.*)$", body.split("\n\n", 1)[0], re.M)
+        planned.add((rule, wildcards.group(1) if wildcards else ""))
+    rules = {rule for rule, _ in planned}
+    assert {"anatomy", "candidates", "classify", "subject_report", "longitudinal", "cohort_longitudinal"} <= rules
+    assert rules <= {"anatomy", "phase_preproc", "candidates", "classify", "subject_report", "longitudinal", "cohort",
+                     "cohort_report", "cohort_longitudinal", "all"}
+    assert all("subject=001" in wildcards for _, wildcards in planned if wildcards), planned

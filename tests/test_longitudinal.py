@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from cmbflow.anat import register_sessions
 from cmbflow.longitudinal import (
     Longitudinal,
     Session,
@@ -18,7 +19,6 @@ from cmbflow.longitudinal import (
     new_bleed_matches,
     points_from_baseline,
     points_to_baseline,
-    register_sessions,
     score_new_bleeds,
     track_detections,
 )

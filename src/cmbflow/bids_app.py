@@ -110,8 +110,8 @@ def snakemake_command(args: argparse.Namespace, snakemake_args: list[str]) -> li
     cmd += ["--config", *config_overrides(args)]
     if not any(a in _SCHEDULING or a.startswith(tuple(f"{s}=" for s in _SCHEDULING)) for a in snakemake_args):
         cmd += ["--cores", "all"]
-    if args.analysis_level == "group":  # the subjects' outputs are inputs here, never remade
-        cmd += ["--allowed-rules", "cohort", "cohort_report"]
+    if args.analysis_level == "group":  # the sessions' outputs are inputs here, never remade
+        cmd += ["--allowed-rules", "cohort", "cohort_report", "longitudinal", "cohort_longitudinal"]
     return cmd + [_shipped_profile(arg, before) for before, arg in zip([None, *snakemake_args], snakemake_args)]
 
 

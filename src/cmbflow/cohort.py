@@ -19,6 +19,8 @@ import pandas as pd
 from cmbflow import __version__
 from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.image import atomic_path, read_sidecar, voxel_sizes, write_json
+from cmbflow.longitudinal import ARIA_H_NOTE
+from cmbflow.longitudinal import SUMMARY_COLUMNS as LONGITUDINAL_SUMMARY_COLUMNS
 from cmbflow.mars import COUNT_COLUMNS, region_counts
 from cmbflow.ratings import agreement, rate_subject, ratings_files
 
@@ -187,3 +189,18 @@ def write_partial_cohort_tables(
         failed={label: state for label, state in status.items() if state != "ok"},
     )
     return len(status) - len(done)
+
+
+def write_longitudinal_table(summaries: list[str | Path], out_csv: str | Path, out_json: str | Path) -> None:
+    """``group/cohort_longitudinal.csv``: one row per subject and later session (the subjects'
+    rows written by :func:`cmbflow.stages.track_sessions`), with a JSON sidecar of its columns."""
+    tables = [pd.read_csv(p, sep="\t", na_values="n/a", keep_default_na=False, dtype={"session": str}) for p in summaries]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=LONGITUDINAL_SUMMARY_COLUMNS)
+    table = table[table["session"] != table["baseline_session"]][LONGITUDINAL_SUMMARY_COLUMNS]
+    counts = ["n_cmb", "n_new", "n_new_since_previous", "n_persisting", "n_not_seen"]
+    with atomic_path(out_csv) as tmp:
+        table.astype({c: "Int64" for c in counts}).to_csv(tmp, index=False, float_format="%.4f")
+    write_json({"Description": "New microbleeds since the baseline session, per subject and later session "
+                "(docs/longitudinal.md)", "aria_h_grade": {"Description": ARIA_H_NOTE},
+                "registration_similarity": {"Description": "entropy correlation of the session rigidly registered "
+                                            "to the baseline, inside the baseline brain mask"}}, out_json)

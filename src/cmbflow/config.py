@@ -178,6 +178,24 @@ class TrainingConfig(_Strict):
     params: TrainParams = TrainParams()
 
 
+class LongitudinalConfig(_Strict):
+    """Subjects with two sessions or more: new microbleeds since baseline (docs/longitudinal.md)."""
+
+    baseline_session: str | None = Field(
+        None, description="the session every other is compared with (its label, without ses-); "
+        "null = each subject's earliest session label")
+
+    @field_validator("baseline_session", mode="before")
+    @classmethod
+    def _session(cls, value: Any) -> str | None:
+        if value is None or value == "":
+            return None
+        label = str(value).removeprefix("ses-")
+        if not _LABEL.match(label):
+            raise ValueError(f"session label {label!r} must be alphanumeric (BIDS)")
+        return label
+
+
 class Config(_Strict):
     """Top-level configuration (config/config.yaml plus ``--config`` overrides)."""
 
@@ -203,6 +221,7 @@ class Config(_Strict):
     analysis_level: Literal["participant", "group"] = Field(
         "participant", description="group: the cohort tables cover only the subjects whose outputs exist "
         "(cmbflow ... group)")
+    longitudinal: LongitudinalConfig = LongitudinalConfig()
     phase: PhaseConfig = PhaseConfig()
     candidates: CandidateParams = CandidateParams()
     classifier: ClassifierConfig = ClassifierConfig()

@@ -1,7 +1,7 @@
 """Longitudinal monitoring of one subject's sessions: new microbleeds since baseline (ARIA-H).
 
-1. :func:`register_sessions` registers each follow-up rigidly to the baseline (antspyx, coarse
-   brain-masked magnitudes); :func:`points_to_baseline` / :func:`points_from_baseline` move world
+1. :func:`cmbflow.anat.register_sessions` registers each follow-up rigidly to the baseline
+   (antspyx, coarse brain-masked magnitudes); :func:`points_to_baseline` / :func:`points_from_baseline` move world
    points between the two; :func:`in_field_of_view` says whether a session covered a point.
 2. :func:`load_session` reads a session's candidates (calls are its ``is_cmb`` rows) with their
    position in baseline world space; :func:`track_detections` gives every call a track and a
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
@@ -25,7 +24,6 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import ndimage
 
-from cmbflow.anat import _ANTS_SEED, _coarse, _entropy_correlation, _mask_to_ants, _store_transforms, ants, to_ants
 from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.evaluate import match_detections, match_points
 from cmbflow.image import atomic_path, voxel_sizes, write_json, xyz_to_ijk
@@ -95,48 +93,6 @@ SUMMARY_COLUMNS = [
 # --------------------------------------------------------------------------- registration
 
 
-@dataclass(frozen=True)
-class SessionRegistration:
-    """Outcome of :func:`register_sessions`."""
-
-    #: ``affine`` moves baseline points to follow-up points (the baseline is ANTs' fixed image).
-    transforms: Transforms
-    #: Entropy correlation coefficient (0 = unrelated, 1 = one image determines the other) of the
-    #: follow-up resampled onto the baseline grid vs the baseline, inside the baseline brain mask.
-    similarity: float
-
-
-def register_sessions(
-    baseline_mag: nib.Nifti1Image,
-    baseline_mask: npt.ArrayLike,
-    followup_mag: nib.Nifti1Image,
-    followup_mask: npt.ArrayLike,
-    out_prefix: str | Path,
-    spacing_mm: float = 3.0,
-) -> SessionRegistration:
-    """Register a follow-up session rigidly to the baseline (same head, same contrast).
-
-    Both brains (magnitudes times their masks) are smoothed and resampled to ``spacing_mm``: a
-    rigid fit needs no fine detail (see :func:`cmbflow.anat._t1w_mask_on_magnitude`). The metric is
-    ANTs' default for Rigid (Mattes mutual information), tolerant of the sessions' different bias
-    fields. Writes ``{out_prefix}affine.mat``; the fixed seed and one ITK thread (set by
-    :mod:`cmbflow.anat`) make reruns identical.
-    """
-    fixed = to_ants(baseline_mag)
-    fixed = fixed * _mask_to_ants(baseline_mask, fixed)
-    moving = to_ants(followup_mag)
-    moving = moving * _mask_to_ants(followup_mask, moving)
-    with tempfile.TemporaryDirectory(prefix="cmbflow_sessions_") as tmp:
-        reg = ants.registration(
-            _coarse(fixed, spacing_mm), _coarse(moving, spacing_mm), type_of_transform="Rigid",
-            outprefix=str(Path(tmp) / "rigid_"), random_seed=_ANTS_SEED,
-        )
-        transforms = _store_transforms(reg, out_prefix)
-    warped = ants.apply_transforms(fixed, moving, [str(transforms.affine)], interpolator="linear")
-    similarity = _entropy_correlation(warped.numpy(), fixed.numpy(), np.asarray(baseline_mask, dtype=bool))
-    return SessionRegistration(transforms, similarity)
-
-
 def points_to_baseline(xyz: npt.ArrayLike, transforms: Transforms) -> npt.NDArray[np.float64]:
     """Follow-up world points (N, 3, RAS+ mm) to baseline world points.
 
@@ -197,7 +153,7 @@ def load_session(
     label: str, candidates_tsv: str | Path, mask_nifti: str | Path, transforms: Transforms | None = None
 ) -> Session:
     """A session from its final candidates table and brain mask; ``transforms``: its
-    :func:`register_sessions` result's, None for the baseline."""
+    :func:`cmbflow.anat.register_sessions` result's, None for the baseline."""
     table = read_detections(candidates_tsv)
     mask = nib.load(mask_nifti)
     xyz = table[["x", "y", "z"]].to_numpy(dtype=float)
@@ -408,7 +364,7 @@ def longitudinal_summary(
 ) -> pd.DataFrame:
     """The subject's rows of the cohort table (SUMMARY_COLUMNS), one per session, baseline first.
 
-    ``similarity``: each follow-up's :attr:`SessionRegistration.similarity`. The baseline row
+    ``similarity``: each follow-up's :attr:`cmbflow.anat.SessionRegistration.similarity`. The baseline row
     has its call count only.
     """
     table = result.detections

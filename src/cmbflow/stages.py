@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cmbflow import anat, phase
+from cmbflow import anat, longitudinal, phase
 from cmbflow.candidates import CandidateParams, find_candidates
 from cmbflow.config import ClassifierConfig, PhaseConfig
 from cmbflow.derivatives import (
@@ -261,3 +261,44 @@ def run_stage1(
                          f"{swi}.nii.gz", f"{swi}.json", phase_params, label)
     detect_candidates(f"{n4}.nii.gz", f"{mask}.nii.gz", f"{hpphase}.nii.gz" if has_phase else None, f"{table}.tsv",
                       f"{table}.json", candidate_params, phase_params.paramagnetic_sign, device, label)
+
+
+def track_sessions(
+    sessions: list[str],
+    mags: list[str | Path],
+    masks: list[str | Path],
+    candidates: list[str | Path],
+    out_tsv: str | Path,
+    out_json: str | Path,
+    out_summary: str | Path,
+    baseline: str | None,
+    label: str,
+) -> None:
+    """One subject's sessions (labels ``ses-XX``, with each session's bias-corrected magnitude,
+    brain mask and final candidates table, in that order): every later session registered rigidly
+    to the baseline, calls tracked across sessions, and the subject's rows of the cohort's
+    longitudinal table (``out_summary``, TSV). See :mod:`cmbflow.longitudinal`."""
+    base = baseline or min(sessions)
+    if base not in sessions:
+        raise InputError(f"baseline session {base} is not among the sessions {', '.join(sessions)}", subject=label,
+                         fix="set longitudinal.baseline_session to one of them")
+    files = dict(zip(sessions, zip(mags, masks, candidates)))
+    base_mag, base_mask, _ = files[base]
+    base_img, base_brain = load_image(base_mag, subject=label), _mask(base_mask, label)
+    loaded, similarity = [], {}
+    with tempfile.TemporaryDirectory(prefix="cmbflow_sessions_", dir=Path(out_tsv).parent) as tmp:
+        for session, (mag, mask, table) in files.items():
+            if session == base:
+                loaded.append(longitudinal.load_session(session, table, mask))
+                continue
+            registration = anat.register_sessions(
+                base_img, base_brain, load_image(mag, subject=label), _mask(mask, label), Path(tmp) / f"{session}_")
+            similarity[session] = registration.similarity
+            loaded.append(longitudinal.load_session(session, table, mask, registration.transforms))
+        result = longitudinal.track_detections(loaded, base)
+    longitudinal.write_longitudinal_detections(
+        result, out_tsv, out_json, **sidecar([], [p for group in (mags, masks, candidates) for p in group]),
+        RegistrationSimilarity={s: round(v, 4) for s, v in similarity.items()}, AriaHNote=longitudinal.ARIA_H_NOTE)
+    summary = longitudinal.longitudinal_summary(result, label, similarity)
+    with atomic_path(out_summary) as tmp_summary:
+        summary.to_csv(tmp_summary, sep="\t", index=False, float_format="%.4f", na_rep="n/a")
