@@ -6,8 +6,8 @@
 Simulates one cohort, then
 
 1. runs its first subject end to end with this checkout and prints, per rule, wall time and CPU
-   time (Snakemake's benchmark files) and start-up: importing what the rule's script imports, in
-   a fresh interpreter (median of 3);
+   time (Snakemake's benchmark files) and start-up: the job's wall time less the time its step
+   function ran (logged by cmbflow.step), i.e. Python, the imports and Snakemake's preamble;
 2. runs the whole cohort (``snakemake --cores N``) with this checkout and with the commit REF
    (checked out in a git worktree; each runs its own workflow and library), and prints the wall
    time, subjects per hour and their ratio, and whether the final calls are the same.
@@ -18,8 +18,8 @@ Each run starts from an empty output folder. Run it on an otherwise idle machine
 from __future__ import annotations
 
 import argparse
+import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,42 +29,33 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-_IMPORT_LINE = re.compile(r"^(?:from \S+ import .+|import .+)$", re.MULTILINE)
+_RAN_IN = re.compile(r" ran in ([\d.]+) s$", re.MULTILINE)
 
 
 def snakemake(workflow: Path, bids: Path, out: Path, cores: int, *extra: str) -> float:
     """Run a checkout's workflow on a dataset; return the wall time in seconds."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(workflow / "Snakefile"), "--directory", str(out),
-           "--cores", str(cores), "--quiet", "all", "--config", f"bids_dir={bids}", f"output_dir={out}", *extra]
+    cmd = [sys.executable, "-m", "snakemake", "all", "--snakefile", str(workflow / "Snakefile"), "--directory",
+           str(out), "--cores", str(cores), "--config", f"bids_dir={bids}", f"output_dir={out}", *extra]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # each checkout runs its own library
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True, cwd=workflow)
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workflow, env=env)
+    if result.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{result.stderr[-3000:]}")
     return time.perf_counter() - start
 
 
-def startup_s(script: Path) -> float:
-    """Median time for a fresh interpreter to import what a workflow script imports."""
-    code = "\n".join(_IMPORT_LINE.findall(script.read_text()))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=script.parent)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def rule_scripts() -> dict[str, Path]:
-    scripts = {}
-    for smk in (REPO / "rules").glob("*.smk"):
-        for rule, script in re.findall(r"^rule (\w+):\n.*?script:\s*\"\.\./(workflow_scripts/\w+\.py)\"",
-                                       smk.read_text(), re.MULTILINE | re.DOTALL):
-            scripts[rule] = REPO / script
-    return scripts
-
-
 def per_rule(out: Path) -> pd.DataFrame:
-    """Wall and CPU time of every job, from Snakemake's benchmark files (benchmarks/<rule>/...)."""
-    rows = [{"rule": path.relative_to(out / "benchmarks").parts[0], **pd.read_csv(path, sep="\t").iloc[0]}
-            for path in sorted((out / "benchmarks").rglob("*.tsv"))]
+    """Wall time, CPU time and start-up of every job, from Snakemake's benchmark files
+    (benchmarks/<rule>/<subject>.tsv, benchmarks/<rule>.tsv once per run) and the jobs' logs."""
+    rows = []
+    for path in sorted((out / "benchmarks").rglob("*.tsv")):
+        name = path.relative_to(out / "benchmarks")
+        rule = name.parts[0] if len(name.parts) > 1 else path.stem
+        log = out / "logs" / name.with_suffix(".log")
+        ran = _RAN_IN.search(log.read_text()) if log.exists() else None
+        job = pd.read_csv(path, sep="\t").iloc[0]
+        rows.append({"rule": rule, "per_subject": len(name.parts) > 1, "s": job["s"], "cpu_time": job["cpu_time"],
+                     "startup": job["s"] - float(ran.group(1)) if ran else float("nan")})
     return pd.DataFrame(rows)
 
 
@@ -80,22 +71,27 @@ def main() -> None:
     parser.add_argument("--preset", default="diverse")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--previous", required=True, help="git commit or tag to compare with")
+    parser.add_argument("--bids", type=Path, help="an already simulated cohort (same subjects, seed, preset)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cmbflow_bench_") as tmp:
         d = Path(tmp)
-        subprocess.run([sys.executable, "-m", "cmbflow.cli", "simulate", str(d / "bids"), "--subjects",
-                        str(args.subjects), "--seed", str(args.seed), "--preset", args.preset],
-                       check=True, capture_output=True)
+        if args.bids:
+            (d / "bids").symlink_to(args.bids.resolve())
+        else:
+            subprocess.run([sys.executable, "-m", "cmbflow.cli", "simulate", str(d / "bids"), "--subjects",
+                            str(args.subjects), "--seed", str(args.seed), "--preset", args.preset],
+                           check=True, capture_output=True)
         one = d / "one"
-        wall = snakemake(REPO, d / "bids", one, args.cores, "participant_label=001")
-        jobs = per_rule(one)
-        scripts = rule_scripts()
+        wall = snakemake(REPO, d / "bids", one, args.cores, "participant_label=sub-001")  # "001" would be read as the number 1
+        jobs = per_rule(one).sort_values("per_subject", ascending=False, kind="stable")
         print(f"## One subject (sub-001 of {args.preset} seed {args.seed}), --cores {args.cores}: {wall:.1f} s wall\n")
         print("| rule | wall (s) | CPU (s) | start-up (s) |\n|---|---|---|---|")
-        for rule, job in jobs.groupby("rule", sort=False):
-            start = f"{startup_s(scripts[rule]):.2f}" if rule in scripts else "n/a"
-            print(f"| {rule} | {job['s'].sum():.1f} | {job['cpu_time'].sum():.1f} | {start} |")
-        print(f"| **all jobs** | **{jobs['s'].sum():.1f}** | **{jobs['cpu_time'].sum():.1f}** | |\n")
+        for _, job in jobs.iterrows():
+            once = "" if job["per_subject"] else " (once per run)"
+            print(f"| {job['rule']}{once} | {job['s']:.1f} | {job['cpu_time']:.1f} | {job['startup']:.2f} |")
+        mine = jobs[jobs["per_subject"]]
+        print(f"| **the subject's jobs** | **{mine['s'].sum():.1f}** | **{mine['cpu_time'].sum():.1f}** | "
+              f"**{mine['startup'].sum():.1f}** |\n")
 
         previous = d / "previous"
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(previous), args.previous],

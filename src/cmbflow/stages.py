@@ -5,6 +5,9 @@ The light steps, which read tables and small files, live with what they write (c
 cmbflow.cohort, cmbflow.mars, cmbflow.derivatives, cmbflow.report.pages), so that their jobs start
 without loading torch or ANTs.
 
+Each step runs in a process of its own, so each function imports the heavy libraries it needs
+(ANTs, torch: 2-3 s each) itself, and a step pays only for its own.
+
 Each function validates what it reads (errors name the subject and the file), and writes every
 output atomically with a BIDS-Derivatives JSON sidecar, so a failed or killed job leaves nothing
 half-written behind.
@@ -20,9 +23,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from cmbflow import anat, longitudinal, phase
-from cmbflow.candidates import CandidateParams, find_candidates
-from cmbflow.config import ClassifierConfig, PhaseConfig
+from cmbflow import longitudinal, phase
+from cmbflow.config import CandidateParams, ClassifierConfig, PhaseConfig
 from cmbflow.derivatives import (
     BRAIN_MASK,
     HPPHASE,
@@ -39,7 +41,6 @@ from cmbflow.detections import (
     write_detections,
 )
 from cmbflow.errors import InputError
-from cmbflow.frst import resolve_device
 from cmbflow.image import (
     atomic_path,
     check_same_grid,
@@ -49,8 +50,6 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
-from cmbflow.model import load_classifier
-from cmbflow.patches import candidate_features, candidate_patches
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +96,8 @@ def prepare_anatomy(
 
     ``problem``: the subject's error found when the workflow started (see cmbflow.inputs), raised here.
     """
+    from cmbflow import anat
+
     if problem:
         raise InputError(problem)
     img = anat.n4_bias_correct(load_gre(mag, echo, label))
@@ -176,6 +177,9 @@ def detect_candidates(
     label: str,
 ) -> None:
     """Stage 1: every candidate with its features (not yet classified: probability and its sd n/a)."""
+    from cmbflow.candidates import find_candidates
+    from cmbflow.frst import resolve_device
+
     img = load_image(image, subject=label)
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
     torch_device = resolve_device(device)
@@ -214,6 +218,10 @@ def classify_candidates(
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
+    from cmbflow.frst import resolve_device
+    from cmbflow.model import load_classifier
+    from cmbflow.patches import candidate_features, candidate_patches
+
     table = read_detections(stage1)
     img = load_image(image, subject=label)
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
@@ -247,13 +255,15 @@ def run_stage1(
     As separate jobs, each starting Python and importing torch and ANTs (3 s), a simulated scan
     spent about a third of its stage-1 time starting up; training runs 60 scans.
     """
+    from cmbflow.anat import MNI_SPACE
+
     raw = Path(bids_dir) / label / "anat" / label
     phase_path = Path(f"{raw}_part-phase_T2starw.nii.gz")
     has_phase = phase_path.exists()
     out = Path(out_dir) / label / "anat" / label
     out.parent.mkdir(parents=True, exist_ok=True)
     n4, mask, hpphase, swi, table = (f"{out}{end}" for end in (N4_MAGNITUDE, BRAIN_MASK, HPPHASE, SWI, STAGE1_TABLE))
-    xfm, warped = f"{out}_from-T2starw_to-{anat.MNI_SPACE}_mode-image_xfm", f"{out}_space-{anat.MNI_SPACE}{N4_MAGNITUDE}"
+    xfm, warped = f"{out}_from-T2starw_to-{MNI_SPACE}_mode-image_xfm", f"{out}_space-{MNI_SPACE}{N4_MAGNITUDE}"
     prepare_anatomy(f"{raw}_part-mag_T2starw.nii.gz", None, echo, f"{n4}.nii.gz", f"{n4}.json", f"{mask}.nii.gz",
                     f"{mask}.json", f"{xfm}.mat", f"{xfm}.json", f"{warped}.nii.gz", f"{warped}.json", label)
     if has_phase:
@@ -278,6 +288,8 @@ def track_sessions(
     brain mask and final candidates table, in that order): every later session registered rigidly
     to the baseline, calls tracked across sessions, and the subject's rows of the cohort's
     longitudinal table (``out_summary``, TSV). See :mod:`cmbflow.longitudinal`."""
+    from cmbflow.anat import register_sessions
+
     base = baseline or min(sessions)
     if base not in sessions:
         raise InputError(f"baseline session {base} is not among the sessions {', '.join(sessions)}", subject=label,
@@ -291,7 +303,7 @@ def track_sessions(
             if session == base:
                 loaded.append(longitudinal.load_session(session, table, mask))
                 continue
-            registration = anat.register_sessions(
+            registration = register_sessions(
                 base_img, base_brain, load_image(mag, subject=label), _mask(mask, label), Path(tmp) / f"{session}_")
             similarity[session] = registration.similarity
             loaded.append(longitudinal.load_session(session, table, mask, registration.transforms))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,8 +23,10 @@ def run_step(snakemake: Any, func: Callable[..., object], **kwargs: Any) -> None
     log and stderr. The first ERROR line of a log is the subject's status in the partial cohort
     table (cmbflow.cohort).
     """
-    if "torch" in sys.modules:  # stay within the job's CPU allocation
-        sys.modules["torch"].set_num_threads(snakemake.threads)
+    # Stay within the job's CPU allocation: torch (imported by the steps that use it) and the
+    # BLAS/OpenMP pools read these when they start.
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[variable] = str(snakemake.threads)
     logging.basicConfig(
         filename=snakemake.log[0],
         filemode="w",
@@ -34,7 +38,10 @@ def run_step(snakemake: Any, func: Callable[..., object], **kwargs: Any) -> None
     try:
         if image:
             check_memory(snakemake.rule, image, snakemake.resources.mem_mb, label=kwargs.get("label"))
+        start = time.perf_counter()
         func(**kwargs)
+        # What the job spent before this (Python, imports) is its start-up (benchmarks/bench_throughput.py).
+        logging.info("%s ran in %.2f s", func.__name__, time.perf_counter() - start)
     except InputError as err:
         logging.error("%s", err)
         # One write, newline included: print() writes the newline separately, and Snakemake's own
