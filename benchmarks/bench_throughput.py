@@ -36,7 +36,7 @@ def snakemake(workflow: Path, bids: Path, out: Path, cores: int, *extra: str) ->
     """Run a checkout's workflow on a dataset; return the wall time in seconds."""
     cmd = [sys.executable, "-m", "snakemake", "all", "--snakefile", str(workflow / "Snakefile"), "--directory",
            str(out), "--cores", str(cores), "--config", f"bids_dir={bids}", f"output_dir={out}", *extra]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # each checkout runs its own library
+    env = os.environ | {"PYTHONPATH": str(workflow / "src")}  # each checkout's jobs import its own library
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=workflow, env=env)
     if result.returncode:
