@@ -85,6 +85,21 @@ def candidate_inputs(wildcards):
     return inputs
 
 
+def followed_subjects():
+    """Subjects with two sessions or more, and their sessions (rules/longitudinal.smk). A function:
+    at the group level, rules/group.smk keeps only the finished sessions in SUBJECTS."""
+    sessions = {}
+    for s in SUBJECTS.values():
+        if s.session:
+            sessions.setdefault(s.subject, []).append(s)
+    return {subject: found for subject, found in sessions.items() if len(found) >= 2}
+
+
+def sessions_of(pattern):
+    """A per-session path, for every session of the subject a job is for."""
+    return lambda wildcards: [pattern.format(**s.wildcards) for s in followed_subjects()[wildcards.subject]]
+
+
 def expand_subjects(pattern):
     """A per-subject path for every discovered subject/session."""
     return [pattern.format(**s.wildcards) for s in SUBJECTS.values()]
@@ -117,14 +132,14 @@ def participant_outputs(wildcards):
     """Every selected subject's outputs (its report needs all of them, and with sessions its
     longitudinal table); stops here, with one line, when bids_dir or output_dir is missing."""
     require_dataset(CFG)
-    longitudinal = [rules.longitudinal.output.tsv.format(subject=subject) for subject in SESSIONS]
+    longitudinal = [rules.longitudinal.output.tsv.format(subject=subject) for subject in followed_subjects()]
     return expand_subjects(rules.subject_report.output.html) + longitudinal
 
 
 def group_outputs(wildcards):
     """The cohort tables and report, and with sessions the longitudinal table (rules/longitudinal.smk)."""
     require_dataset(CFG)
-    return [*rules.cohort.output, *rules.cohort_report.output, *(rules.cohort_longitudinal.output if SESSIONS else [])]
+    return [*rules.cohort.output, *rules.cohort_report.output, *(rules.cohort_longitudinal.output if followed_subjects() else [])]
 
 
 def ratings_inputs(wildcards):

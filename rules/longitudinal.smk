@@ -3,17 +3,6 @@
 # and the calls are tracked across sessions (baseline, persisting, new, not seen); the cohort
 # table counts the new ones and grades them (ARIA-H, research use).
 
-SESSIONS = {}
-for _s in SUBJECTS.values():
-    if _s.session:
-        SESSIONS.setdefault(_s.subject, []).append(_s)
-SESSIONS = {subject: sessions for subject, sessions in SESSIONS.items() if len(sessions) >= 2}
-
-
-def sessions_of(pattern):
-    """A per-session path, for every session of the subject a job is for."""
-    return lambda wildcards: [pattern.format(**s.wildcards) for s in SESSIONS[wildcards.subject]]
-
 
 rule longitudinal:
     input:
@@ -23,9 +12,8 @@ rule longitudinal:
     output:
         tsv=f"{OUT}/sub-{{subject}}/anat/sub-{{subject}}_desc-longitudinal_detections.tsv",
         json=f"{OUT}/sub-{{subject}}/anat/sub-{{subject}}_desc-longitudinal_detections.json",
-        summary=temp(f"{WORK}/sub-{{subject}}/anat/sub-{{subject}}_desc-longitudinal_summary.tsv"),
     params:
-        sessions=lambda wc: [f"ses-{s.session}" for s in SESSIONS[wc.subject]],
+        sessions=lambda wc: [f"ses-{s.session}" for s in followed_subjects()[wc.subject]],
         baseline=CFG.longitudinal.baseline_session and f"ses-{CFG.longitudinal.baseline_session}",
         label=lambda wc: f"sub-{wc.subject}",
     log:
@@ -44,7 +32,7 @@ rule longitudinal:
 
 rule cohort_longitudinal:
     input:
-        summaries=[rules.longitudinal.output.summary.format(subject=subject) for subject in SESSIONS],
+        detections=lambda wc: [rules.longitudinal.output.tsv.format(subject=s) for s in followed_subjects()],
     output:
         csv=f"{OUT}/group/cohort_longitudinal.csv",
         json=f"{OUT}/group/cohort_longitudinal.json",

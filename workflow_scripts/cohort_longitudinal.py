@@ -4,7 +4,7 @@ from cmbflow.step import run_step
 run_step(
     snakemake,
     write_longitudinal_table,
-    summaries=list(snakemake.input.summaries),
+    detections=list(snakemake.input.detections),
     out_csv=snakemake.output.csv,
     out_json=snakemake.output.json,
 )

@@ -10,7 +10,6 @@ run_step(
     candidates=list(snakemake.input.candidates),
     out_tsv=snakemake.output.tsv,
     out_json=snakemake.output.json,
-    out_summary=snakemake.output.summary,
     baseline=snakemake.params.baseline,
     label=snakemake.params.label,
 )

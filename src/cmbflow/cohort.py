@@ -19,7 +19,7 @@ import pandas as pd
 from cmbflow import __version__
 from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.image import atomic_path, read_sidecar, voxel_sizes, write_json
-from cmbflow.longitudinal import ARIA_H_NOTE
+from cmbflow.longitudinal import ARIA_H_NOTE, Longitudinal, longitudinal_summary
 from cmbflow.longitudinal import SUMMARY_COLUMNS as LONGITUDINAL_SUMMARY_COLUMNS
 from cmbflow.mars import COUNT_COLUMNS, region_counts
 from cmbflow.ratings import agreement, rate_subject, ratings_files
@@ -191,15 +191,20 @@ def write_partial_cohort_tables(
     return len(status) - len(done)
 
 
-def write_longitudinal_table(summaries: list[str | Path], out_csv: str | Path, out_json: str | Path) -> None:
-    """``group/cohort_longitudinal.csv``: one row per subject and later session (the subjects'
-    rows written by :func:`cmbflow.stages.track_sessions`), with a JSON sidecar of its columns."""
-    tables = [pd.read_csv(p, sep="\t", na_values="n/a", keep_default_na=False, dtype={"session": str}) for p in summaries]
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=LONGITUDINAL_SUMMARY_COLUMNS)
-    table = table[table["session"] != table["baseline_session"]][LONGITUDINAL_SUMMARY_COLUMNS]
-    counts = ["n_cmb", "n_new", "n_new_since_previous", "n_persisting", "n_not_seen"]
+def write_longitudinal_table(detections: list[str | Path], out_csv: str | Path, out_json: str | Path) -> None:
+    """``group/cohort_longitudinal.csv``: one row per subject and later session, from the subjects'
+    longitudinal detection tables and their sidecars (sessions, registration similarity), with a
+    JSON sidecar of its columns."""
+    rows = []
+    for tsv in detections:
+        meta = json.loads(Path(tsv).with_suffix(".json").read_text())
+        table = pd.read_csv(tsv, sep="\t", na_values="n/a", keep_default_na=False, dtype={"session": str})
+        tracked = Longitudinal(meta["Sessions"], table)
+        participant = Path(tsv).name.split("_")[0]
+        rows.append(longitudinal_summary(tracked, participant, meta["RegistrationSimilarity"]).iloc[1:])
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=LONGITUDINAL_SUMMARY_COLUMNS)
     with atomic_path(out_csv) as tmp:
-        table.astype({c: "Int64" for c in counts}).to_csv(tmp, index=False, float_format="%.4f")
+        table.astype({"n_cmb": "Int64"}).to_csv(tmp, index=False, float_format="%.4f")
     write_json({"Description": "New microbleeds since the baseline session, per subject and later session "
                 "(docs/longitudinal.md)", "aria_h_grade": {"Description": ARIA_H_NOTE},
                 "registration_similarity": {"Description": "entropy correlation of the session rigidly registered "

@@ -280,14 +280,12 @@ def track_sessions(
     candidates: list[str | Path],
     out_tsv: str | Path,
     out_json: str | Path,
-    out_summary: str | Path,
     baseline: str | None,
     label: str,
 ) -> None:
     """One subject's sessions (labels ``ses-XX``, with each session's bias-corrected magnitude,
     brain mask and final candidates table, in that order): every later session registered rigidly
-    to the baseline, calls tracked across sessions, and the subject's rows of the cohort's
-    longitudinal table (``out_summary``, TSV). See :mod:`cmbflow.longitudinal`."""
+    to the baseline and the calls tracked across sessions. See :mod:`cmbflow.longitudinal`."""
     from cmbflow.anat import register_sessions
 
     base = baseline or min(sessions)
@@ -310,7 +308,4 @@ def track_sessions(
         result = longitudinal.track_detections(loaded, base)
     longitudinal.write_longitudinal_detections(
         result, out_tsv, out_json, **sidecar([], [p for group in (mags, masks, candidates) for p in group]),
-        RegistrationSimilarity={s: round(v, 4) for s, v in similarity.items()}, AriaHNote=longitudinal.ARIA_H_NOTE)
-    summary = longitudinal.longitudinal_summary(result, label, similarity)
-    with atomic_path(out_summary) as tmp_summary:
-        summary.to_csv(tmp_summary, sep="\t", index=False, float_format="%.4f", na_rep="n/a")
+        RegistrationSimilarity={s: round(v, 4) for s, v in similarity.items()})
