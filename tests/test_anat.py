@@ -203,6 +203,7 @@ def test_brain_mask_dice_on_phantom(phantom, method, bound, tmp_path):
     assert registration.transforms.affine.exists() and registration.similarity > 0.15
 
 
+@pytest.mark.slow
 def test_brain_mask_from_a_moved_sagittal_t1w(phantom, tmp_path):
     img, mask, _ = phantom
     # Sagittal 1.5 mm T1w, array axes running P, I, L; the head moved 3 degrees / 2 mm between scans.

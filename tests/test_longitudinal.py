@@ -240,6 +240,7 @@ def truth_of(root, subject, session):
     return lesions, params
 
 
+@pytest.mark.slow
 def test_simulated_followups_image_the_same_lesions_moved(followups):
     for subject, grade in (("sub-001", "none"), ("sub-002", "mild")):
         for session in ("01", "02"):
@@ -264,6 +265,7 @@ def test_simulated_followups_image_the_same_lesions_moved(followups):
         assert np.abs(moved - base[["x", "y", "z"]].to_numpy()).max() > 0.5
 
 
+@pytest.mark.slow
 def test_simulated_followups_are_deterministic_and_keep_the_baseline(followups, tmp_path):
     from cmbflow.simulate import simulate_cohort
 

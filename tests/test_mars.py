@@ -57,12 +57,14 @@ def atlas(tmp_path_factory) -> mars.MarsAtlas:
     return mars.read_mars_atlas(folder / "dseg.nii.gz")
 
 
+@pytest.mark.slow
 def test_known_mni_landmarks(atlas):
     found = atlas.lookup([p for p, *_ in LANDMARKS])
     expected = pd.DataFrame([rest for _, *rest in LANDMARKS], columns=["region", "lobe", "hemisphere"])
     pd.testing.assert_frame_equal(found, expected)
 
 
+@pytest.mark.slow
 def test_outside_the_brain_is_na(atlas):
     found = atlas.lookup([(0, 0, 100), (-300, 0, 0)])
     assert found["region"].isna().all() and found["lobe"].isna().all()
@@ -70,6 +72,7 @@ def test_outside_the_brain_is_na(atlas):
     assert atlas.lookup(np.zeros((0, 3))).empty
 
 
+@pytest.mark.slow
 def test_every_label_is_present_and_the_atlas_is_symmetric_enough(atlas):
     counts = np.bincount(atlas.labels.ravel(), minlength=max(mars.LABELS) + 1)
     assert all(counts[code] > 1000 for code in mars.LABELS)
