@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cmbflow.cli import main
 from cmbflow.cohort import subject_status
 from cmbflow.simulate import simulate_cohort
 from test_workflow import REPO, snakemake
@@ -152,6 +153,9 @@ def test_two_sessions_track_new_bleeds_and_a_later_session_reruns_only_its_subje
                             f"{subject}_ses-02_desc-truth_lesions.tsv", sep="\t")
         print(subject, "new at ses-02: truth", int((truth["session_introduced"] == "ses-02").sum()),
               "called", row["n_new"])
+    assert main(["evaluate", str(bids / "derivatives" / "simulation"), str(out), "--json", str(tmp_path / "e.json")]) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())["longitudinal"]
+    assert scored["followups"] == 2 and len(scored["per_followup"]) == 2
 
     # A session added later: its own jobs, its subject's longitudinal step and the cohort's, nothing else.
     shutil.copytree(everything / "sub-001" / "ses-03", bids / "sub-001" / "ses-03")

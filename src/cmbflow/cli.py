@@ -55,8 +55,10 @@ def run_evaluate(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from cmbflow.evaluate import evaluate_labels, evaluate_outputs, plot_froc
     from cmbflow.image import write_json
+    from cmbflow.longitudinal import evaluate_longitudinal
 
     result = (evaluate_labels if args.labels else evaluate_outputs)(args.reference, args.output_dir)
+    followups = None if args.labels else evaluate_longitudinal(args.reference, args.output_dir)
     calls = result["calls"]
     print(f"{int(calls['scans'])} scans, {int(calls['lesions'])} microbleeds: sensitivity {calls['sensitivity']:.3f}, "
           f"precision {calls['precision']:.3f}, F1 {calls['f1']:.3f}, FP/scan {calls['fp_per_scan']:.2f}")
@@ -74,6 +76,11 @@ def run_evaluate(argv: list[str]) -> int:
         print(f"{group.replace('_', '-')}: {figures['scans']} scans, {int(found['lesions'])} microbleeds: "
               f"sensitivity {found['sensitivity']:.3f}, FP/scan {found['fp_per_scan']:.2f}, "
               f"FROC at 0.5 FP {froc_at['0.5']:.3f}, at 1 FP {froc_at['1.0']:.3f}")
+    if followups:
+        result["longitudinal"] = followups
+        print(f"new microbleeds at {followups['followups']} follow-ups ({followups['true_new']} true): sensitivity "
+              f"{followups['sensitivity']:.3f}, false new per follow-up {followups['false_new_per_followup']:.2f}, "
+              f"ARIA-H grade agreement {followups['grade_agreement']:.3f}")
     if args.json:
         write_json(result, args.json)
     if args.plot:

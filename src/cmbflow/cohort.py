@@ -19,7 +19,7 @@ import pandas as pd
 from cmbflow import __version__
 from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.image import atomic_path, read_sidecar, voxel_sizes, write_json
-from cmbflow.longitudinal import ARIA_H_NOTE, Longitudinal, longitudinal_summary
+from cmbflow.longitudinal import ARIA_H_NOTE, longitudinal_summary, read_longitudinal
 from cmbflow.longitudinal import SUMMARY_COLUMNS as LONGITUDINAL_SUMMARY_COLUMNS
 from cmbflow.mars import COUNT_COLUMNS, region_counts
 from cmbflow.ratings import agreement, rate_subject, ratings_files
@@ -197,11 +197,9 @@ def write_longitudinal_table(detections: list[str | Path], out_csv: str | Path, 
     JSON sidecar of its columns."""
     rows = []
     for tsv in detections:
-        meta = json.loads(Path(tsv).with_suffix(".json").read_text())
-        table = pd.read_csv(tsv, sep="\t", na_values="n/a", keep_default_na=False, dtype={"session": str})
-        tracked = Longitudinal(meta["Sessions"], table)
+        similarity = json.loads(Path(tsv).with_suffix(".json").read_text())["RegistrationSimilarity"]
         participant = Path(tsv).name.split("_")[0]
-        rows.append(longitudinal_summary(tracked, participant, meta["RegistrationSimilarity"]).iloc[1:])
+        rows.append(longitudinal_summary(read_longitudinal(tsv), participant, similarity).iloc[1:])
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=LONGITUDINAL_SUMMARY_COLUMNS)
     with atomic_path(out_csv) as tmp:
         table.astype({"n_cmb": "Int64"}).to_csv(tmp, index=False, float_format="%.4f")

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple, Sequence
@@ -24,6 +25,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import ndimage
 
+from cmbflow.derivatives import N4_MAGNITUDE
 from cmbflow.detections import FLOAT_FORMAT, read_detections
 from cmbflow.evaluate import match_detections, match_points
 from cmbflow.image import atomic_path, voxel_sizes, write_json, xyz_to_ijk
@@ -349,6 +351,13 @@ def write_longitudinal_detections(result: Longitudinal, tsv: str | Path, sidecar
                sidecar)
 
 
+def read_longitudinal(tsv: str | Path) -> Longitudinal:
+    """A table written by :func:`write_longitudinal_detections`, with its sessions from the sidecar."""
+    meta = json.loads(Path(tsv).with_suffix(".json").read_text())
+    table = pd.read_csv(tsv, sep="\t", na_values="n/a", keep_default_na=False, dtype={"session": str})
+    return Longitudinal(meta["Sessions"], table)
+
+
 # --------------------------------------------------------------------------- summary and grade
 
 
@@ -435,3 +444,25 @@ def score_new_bleeds(per_followup: Sequence[dict]) -> dict:
         "false_new_per_followup": sum(r["false_new"] for r in per_followup) / n if n else float("nan"),
         "grade_agreement": sum(r["grade"] == r["true_grade"] for r in per_followup) / n if n else float("nan"),
     }
+
+
+def evaluate_longitudinal(truth_dir: str | Path, output_dir: str | Path) -> dict | None:
+    """New-bleed detection of a workflow run on a simulated cohort with follow-ups
+    (``cmbflow simulate --sessions N``): :func:`score_new_bleeds` over every subject with a
+    longitudinal table and truth, plus ``per_followup`` rows; None when the run has none."""
+    truth_dir, output_dir = Path(truth_dir), Path(output_dir)
+    rows = []
+    for tsv in sorted(output_dir.glob("sub-*/anat/sub-*_desc-longitudinal_detections.tsv")):
+        subject = tsv.name.split("_")[0]
+        result = read_longitudinal(tsv)
+        truth, voxels = {}, {}
+        for session in result.sessions[1:]:
+            prefix = f"{subject}/{session}/anat/{subject}_{session}"
+            truth_tsv = truth_dir / f"{prefix}_desc-truth_lesions.tsv"
+            if not truth_tsv.exists():
+                break
+            truth[session] = pd.read_csv(truth_tsv, sep="\t")
+            voxels[session] = voxel_sizes(nib.load(output_dir / f"{prefix}{N4_MAGNITUDE}.nii.gz").affine)
+        else:
+            rows += [{"subject": subject, **row} for row in new_bleed_matches(result, truth, voxels)]
+    return {**score_new_bleeds(rows), "per_followup": rows} if rows else None
