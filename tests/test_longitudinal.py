@@ -301,3 +301,34 @@ def test_empty_followup_and_written_table(tmp_path):
     assert back["reason"].isna().tolist() == [True, False] and back.loc[1, "reason"] == "not_detected"
     sidecar = json.loads((tmp_path / "long.json").read_text())
     assert sidecar["BaselineSession"] == "ses-01" and sidecar["Sources"] == ["x"] and "status" in sidecar
+
+
+def test_written_tables_give_the_cohort_rows_and_the_evaluation(tmp_path):
+    from cmbflow.cohort import write_longitudinal_table
+    from cmbflow.longitudinal import evaluate_longitudinal, write_longitudinal_detections
+
+    base = session("ses-01", [call(0, 0, 0)])
+    follow = session("ses-02", [call(0, 0, 0), call(40, 0, 0), call(0, 40, 0)])
+    out, truth_dir = tmp_path / "out", tmp_path / "truth"
+    table = out / "sub-001" / "anat" / "sub-001_desc-longitudinal_detections.tsv"
+    table.parent.mkdir(parents=True)
+    write_longitudinal_detections(track_detections([base, follow]), table, table.with_suffix(".json"),
+                                  RegistrationSimilarity={"ses-02": 0.61})
+    write_longitudinal_table([table], tmp_path / "cohort.csv", tmp_path / "cohort.json")
+    cohort = pd.read_csv(tmp_path / "cohort.csv", dtype={"session": str})
+    assert cohort.to_dict("records") == [{
+        "participant_id": "sub-001", "baseline_session": "ses-01", "session": "ses-02", "n_cmb": 3, "n_new": 2,
+        "n_new_since_previous": 2, "n_persisting": 1, "n_not_seen": 0, "aria_h_grade": "mild",
+        "registration_similarity": 0.61}]
+
+    grid = out / "sub-001" / "ses-02" / "anat" / "sub-001_ses-02_part-mag_desc-n4_T2starw.nii.gz"
+    grid.parent.mkdir(parents=True)
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([*VOXEL, 1.0])), grid)
+    truth = truth_dir / "sub-001" / "ses-02" / "anat" / "sub-001_ses-02_desc-truth_lesions.tsv"
+    truth.parent.mkdir(parents=True)
+    pd.DataFrame([(0, 0, 0, "cmb", 3.0, "ses-01"), (40, 0, 1, "cmb", 3.0, "ses-02")],
+                 columns=["x", "y", "z", "kind", "diameter_mm", "session_introduced"]).to_csv(truth, sep="\t", index=False)
+    scored = evaluate_longitudinal(truth_dir, out)
+    assert {k: scored[k] for k in ("followups", "true_new", "sensitivity", "false_new_per_followup")} == {
+        "followups": 1, "true_new": 1, "sensitivity": 1.0, "false_new_per_followup": 1.0}
+    assert evaluate_longitudinal(truth_dir, tmp_path / "none") is None
