@@ -12,6 +12,7 @@ rule longitudinal:
     output:
         tsv=f"{OUT}/sub-{{subject}}/anat/sub-{{subject}}_desc-longitudinal_detections.tsv",
         json=f"{OUT}/sub-{{subject}}/anat/sub-{{subject}}_desc-longitudinal_detections.json",
+        html=f"{OUT}/sub-{{subject}}_desc-longitudinal_report.html",
     params:
         sessions=lambda wc: [f"ses-{s.session}" for s in followed_subjects()[wc.subject]],
         baseline=CFG.longitudinal.baseline_session and f"ses-{CFG.longitudinal.baseline_session}",

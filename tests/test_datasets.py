@@ -153,6 +153,9 @@ def test_two_sessions_track_new_bleeds_and_a_later_session_reruns_only_its_subje
                             f"{subject}_ses-02_desc-truth_lesions.tsv", sep="\t")
         print(subject, "new at ses-02: truth", int((truth["session_introduced"] == "ses-02").sum()),
               "called", row["n_new"])
+    page = (out / "sub-002_desc-longitudinal_report.html").read_text()
+    assert "ARIA-H grade" in page and page.count("data:image/png;base64,") == cohort.set_index("participant_id").loc[
+        "sub-002", "n_new"]
     assert main(["evaluate", str(bids / "derivatives" / "simulation"), str(out), "--json", str(tmp_path / "e.json")]) == 0
     scored = json.loads((tmp_path / "e.json").read_text())["longitudinal"]
     assert scored["followups"] == 2 and len(scored["per_followup"]) == 2

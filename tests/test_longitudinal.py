@@ -332,3 +332,20 @@ def test_written_tables_give_the_cohort_rows_and_the_evaluation(tmp_path):
     assert {k: scored[k] for k in ("followups", "true_new", "sensitivity", "false_new_per_followup")} == {
         "followups": 1, "true_new": 1, "sensitivity": 1.0, "false_new_per_followup": 1.0}
     assert evaluate_longitudinal(truth_dir, tmp_path / "none") is None
+
+
+def test_subject_page_over_sessions(tmp_path):
+    from cmbflow.report.pages import write_longitudinal_report
+
+    tracked = track_detections([session("ses-01", [call(0, 0, 0)]),
+                                session("ses-02", [call(0, 0, 0), call(20, 0, 0)], motion=rigid(shift=(2, 0, 0)))])
+    head = synthetic_head()
+    mask = nib.Nifti1Image((np.asarray(head.dataobj) > 0).astype(np.uint8), head.affine)
+    for name, img in (("mag", head), ("mask", mask)):
+        nib.save(img, tmp_path / f"{name}.nii.gz")
+    files = {s: tmp_path / "mag.nii.gz" for s in ("ses-01", "ses-02")}
+    masks = {s: tmp_path / "mask.nii.gz" for s in ("ses-01", "ses-02")}
+    write_longitudinal_report(tracked, files, masks, {"ses-02": 0.5}, tmp_path / "page.html", "sub-001")
+    page = (tmp_path / "page.html").read_text()
+    assert "ses-02: ARIA-H grade mild" in page and "research use" in page
+    assert page.count("data:image/png;base64,") == 1  # the one new call, beside its place at baseline

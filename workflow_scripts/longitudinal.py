@@ -10,6 +10,7 @@ run_step(
     candidates=list(snakemake.input.candidates),
     out_tsv=snakemake.output.tsv,
     out_json=snakemake.output.json,
+    out_html=snakemake.output.html,
     baseline=snakemake.params.baseline,
     label=snakemake.params.label,
 )

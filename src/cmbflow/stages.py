@@ -280,13 +280,16 @@ def track_sessions(
     candidates: list[str | Path],
     out_tsv: str | Path,
     out_json: str | Path,
+    out_html: str | Path,
     baseline: str | None,
     label: str,
 ) -> None:
     """One subject's sessions (labels ``ses-XX``, with each session's bias-corrected magnitude,
     brain mask and final candidates table, in that order): every later session registered rigidly
-    to the baseline and the calls tracked across sessions. See :mod:`cmbflow.longitudinal`."""
+    to the baseline, the calls tracked across sessions (:mod:`cmbflow.longitudinal`), and the
+    subject's page over its sessions."""
     from cmbflow.anat import register_sessions
+    from cmbflow.report.pages import write_longitudinal_report
 
     base = baseline or min(sessions)
     if base not in sessions:
@@ -309,3 +312,4 @@ def track_sessions(
     longitudinal.write_longitudinal_detections(
         result, out_tsv, out_json, **sidecar([], [p for group in (mags, masks, candidates) for p in group]),
         RegistrationSimilarity={s: round(v, 4) for s, v in similarity.items()})
+    write_longitudinal_report(result, dict(zip(sessions, mags)), dict(zip(sessions, masks)), similarity, out_html, label)

@@ -276,6 +276,27 @@ def call_figure(row: pd.Series, channels: list[Channel], projected: Channel) -> 
     return fig
 
 
+def sessions_figure(earlier: Channel, later: Channel, xyz_earlier: npt.ArrayLike, xyz_later: npt.ArrayLike) -> Figure:
+    """One lesion at two sessions, at the same anatomical place: axial context (``CONTEXT_MM``) and
+    zoom (``ZOOM_MM``) of the earlier session at ``xyz_earlier``, then of the later one at
+    ``xyz_later`` (each in its own world space)."""
+    panels = [(earlier, xyz_earlier, CONTEXT_MM), (earlier, xyz_earlier, ZOOM_MM),
+              (later, xyz_later, CONTEXT_MM), (later, xyz_later, ZOOM_MM)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(CALL_PANEL_IN * len(panels), CALL_PANEL_IN + 0.3), dpi=DPI,
+                             squeeze=False, layout="constrained")
+    normal, (u, v) = VIEWS["axial"]
+    for ax, (channel, xyz, width) in zip(axes[0], panels):
+        centre = np.asarray(xyz, dtype=float)
+        in_plane = np.array([[centre[u] - width / 2, centre[u] + width / 2],
+                             [centre[v] - width / 2, centre[v] + width / 2]])
+        spacing = CONTEXT_SPACING_MM if width > ZOOM_MM else ZOOM_SPACING_MM
+        _show(ax, world_plane(channel.data, channel.affine, "axial", centre[normal], in_plane, spacing), in_plane,
+              channel.cmap, channel.vmin, channel.vmax)
+        _mark(ax, centre[u], centre[v], width)
+        ax.set_title(f"{channel.name}\naxial, {width:g} mm", fontsize=8)
+    return fig
+
+
 def cohort_figure(summary: pd.DataFrame, detections: pd.DataFrame) -> Figure:
     """Microbleeds per subject (histogram), per acquisition protocol, and by region (when known)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=DPI)

@@ -19,6 +19,7 @@ from cmbflow import __version__
 from cmbflow.cohort import summarise_subject
 from cmbflow.detections import read_detections
 from cmbflow.image import atomic_path, load_image, read_sidecar
+from cmbflow.longitudinal import ARIA_H_NOTE, Longitudinal, longitudinal_summary
 from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 from cmbflow.ratings import ratings_table_path
 from cmbflow.report import figures
@@ -285,3 +286,40 @@ def write_cohort_report(
         region_rows=by_region,
         figure=_data_uri(out_png),
     )
+
+
+def write_longitudinal_report(
+    tracked: Longitudinal,
+    mags: dict[str, str | Path],
+    masks: dict[str, str | Path],
+    similarity: dict[str, float],
+    out_html: str | Path,
+    label: str,
+) -> None:
+    """A subject's page over its sessions: per follow-up, the counts and ARIA-H grade (research
+    use), every row of the longitudinal table, and each new call beside the same place at baseline.
+
+    ``mags``/``masks``: each session's bias-corrected magnitude and brain mask, by session label.
+    """
+    channels = {}
+    for session, mag in mags.items():
+        img = load_image(mag, subject=label)
+        channels[session] = figures.Channel.windowed(session, img, np.asarray(load_image(masks[session], subject=label).dataobj) > 0.5)
+    summary = longitudinal_summary(tracked, label, similarity).iloc[1:]
+    table = tracked.detections
+    columns = ["track", "status", "reason", "x", "y", "z", "probability", "radius_mm", "region", "lobe"]
+    followups = []
+    for _, row in summary.iterrows():
+        rows = table[table["session"] == row["session"]]
+        new = rows[rows["status"] == "new"].head(MAX_MONTAGE_CALLS)
+        followups.append({
+            "session": row["session"], "counts": {k: _display(row[k]) for k in row.index if k.startswith("n_")},
+            "grade": row["aria_h_grade"], "similarity": _display(row["registration_similarity"]),
+            "rows": _rows(rows, columns),
+            "new": [{"track": int(call["track"]), "figure": _data_uri(figures.png_bytes(figures.sessions_figure(
+                channels[tracked.baseline], channels[row["session"]],
+                call[["x_baseline", "y_baseline", "z_baseline"]].to_numpy(float), call[["x", "y", "z"]].to_numpy(float))))}
+                for _, call in new.iterrows()],
+        })
+    _write_html("longitudinal.html", out_html, label=label, baseline=tracked.baseline, followups=followups,
+                columns=columns, note=ARIA_H_NOTE, max_figures=MAX_MONTAGE_CALLS)
