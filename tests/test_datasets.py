@@ -1,5 +1,6 @@
 """Datasets as they come: subjects with and without sessions, several runs, _swi/_GRE file names."""
 
+import gzip
 import json
 import re
 import shutil
@@ -131,8 +132,24 @@ def sessions(tmp_path_factory):
 def test_two_sessions_track_new_bleeds_and_a_later_session_reruns_only_its_subject(sessions, tmp_path):
     everything, bids = sessions
     out = tmp_path / "out"
+    # A follow-up that arrived truncated: the other subject is tracked, and the partial cohort
+    # table says why sub-002's follow-up is not; once fixed, a rerun completes the table.
+    broken = bids / "sub-002" / "ses-02" / "anat" / "sub-002_ses-02_part-mag_T2starw.nii.gz"
+    original = broken.read_bytes()
+    broken.write_bytes(gzip.compress(gzip.decompress(original)[:50_000]))
+    failed = snakemake(bids, out, "--keep-going")
+    assert failed.returncode != 0
+    partial = pd.read_csv(out / "group" / "cohort_longitudinal_partial.csv", dtype={"session": str})
+    assert partial[["participant_id", "session"]].values.tolist() == [["sub-001", "ses-02"], ["sub-002", "ses-02"]]
+    assert partial["status"].tolist() == [
+        "ok", f"failed in anatomy: sub-002_ses-02: {broken}: not a readable NIfTI image"]
+    assert partial["aria_h_grade"].notna().tolist() == [True, False]
+    assert not (out / "group" / "cohort_longitudinal.csv").exists()
+    broken.write_bytes(original)
+
     result = snakemake(bids, out)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "group" / "cohort_longitudinal_partial.csv").exists()
     cohort = pd.read_csv(out / "group" / "cohort_longitudinal.csv", dtype={"session": str})
     assert cohort[["participant_id", "baseline_session", "session"]].values.tolist() == [
         ["sub-001", "ses-01", "ses-02"], ["sub-002", "ses-01", "ses-02"]]

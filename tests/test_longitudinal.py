@@ -12,6 +12,7 @@ from scipy import ndimage
 from cmbflow.anat import register_sessions
 from cmbflow.longitudinal import (
     Longitudinal,
+    SUMMARY_COLUMNS,
     Session,
     aria_h_grade,
     in_field_of_view,
@@ -319,7 +320,7 @@ def test_written_tables_give_the_cohort_rows_and_the_evaluation(tmp_path):
     assert cohort.to_dict("records") == [{
         "participant_id": "sub-001", "baseline_session": "ses-01", "session": "ses-02", "n_cmb": 3, "n_new": 2,
         "n_new_since_previous": 2, "n_persisting": 1, "n_not_seen": 0, "aria_h_grade": "mild",
-        "registration_similarity": 0.61}]
+        "registration_similarity": 0.61, "status": "ok"}]
 
     grid = out / "sub-001" / "ses-02" / "anat" / "sub-001_ses-02_part-mag_desc-n4_T2starw.nii.gz"
     grid.parent.mkdir(parents=True)
@@ -332,6 +333,43 @@ def test_written_tables_give_the_cohort_rows_and_the_evaluation(tmp_path):
     assert {k: scored[k] for k in ("followups", "true_new", "sensitivity", "false_new_per_followup")} == {
         "followups": 1, "true_new": 1, "sensitivity": 1.0, "false_new_per_followup": 1.0}
     assert evaluate_longitudinal(truth_dir, tmp_path / "none") is None
+
+
+def test_a_failed_session_leaves_the_other_rows_with_a_status(tmp_path):
+    from cmbflow.cohort import write_partial_longitudinal_table
+    from cmbflow.longitudinal import write_longitudinal_detections
+
+    out, logs = tmp_path / "out", tmp_path / "out" / "logs"
+    # sub-001 tracked; sub-002's ses-02 failed (its ses-03 finished); sub-003's baseline failed.
+    tracked = out / "sub-001" / "anat" / "sub-001_desc-longitudinal_detections.tsv"
+    tracked.parent.mkdir(parents=True)
+    write_longitudinal_detections(track_detections([session("ses-01", [call(0, 0, 0)]),
+                                                    session("ses-02", [call(0, 0, 0)])]),
+                                  tracked, tracked.with_suffix(".json"), RegistrationSimilarity={"ses-02": 0.5})
+    subjects = {"sub-001": (tracked, {s: out / f"sub-001_{s}.json" for s in ("ses-01", "ses-02")})}
+    for subject, failed in (("sub-002", "ses-02"), ("sub-003", "ses-01")):
+        summaries = {s: out / f"{subject}_{s}.json" for s in ("ses-01", "ses-02", "ses-03")}
+        for label, path in summaries.items():
+            if label == failed:
+                log = logs / "anatomy" / f"{subject}_{label}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                log.write_text(f"t t ERROR root: {subject}_{label}: /b/mag.nii.gz: file is empty; re-copy it\n")
+            else:
+                path.write_text(json.dumps({"n_cmb": 2}))
+        subjects[subject] = (out / subject / "none.tsv", summaries)
+
+    assert write_partial_longitudinal_table(subjects, None, logs, tmp_path / "partial.csv") == 4
+    table = pd.read_csv(tmp_path / "partial.csv", dtype={"session": str})
+    assert list(table.columns) == [*SUMMARY_COLUMNS, "status"]
+    status = {(r.participant_id, r.session): (r.n_cmb, r.status) for r in table.itertuples()}
+    error = "failed in anatomy: {}: /b/mag.nii.gz: file is empty; re-copy it"
+    assert status.pop(("sub-001", "ses-02")) == (1, "ok")
+    assert status.pop(("sub-002", "ses-02"))[1] == error.format("sub-002_ses-02")
+    assert status.pop(("sub-002", "ses-03")) == (2, "not tracked: ses-02 has no results")
+    for later in ("ses-02", "ses-03"):
+        assert status.pop(("sub-003", later)) == (2, "not tracked: baseline ses-01 " + error.format("sub-003_ses-01"))
+    assert not status
+    assert (tmp_path / "partial.json").exists()
 
 
 def test_subject_page_over_sessions(tmp_path):

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 import slurm_cluster
+from cmbflow.simulate import simulate_cohort
 from cohorts import tiny_cohort
 
 pytestmark = pytest.mark.workflow
@@ -318,3 +319,33 @@ def test_killed_snakemake_resumes_on_rerun(cluster, cohort, reference, tmp_path)
     assert [(job.kind, job.subjects) for job in jobs if job.kind.startswith("subject")] == [
         ("subject_detect", {"001", "002"})]
     check_same_results(out, bids, reference)
+
+
+def test_added_session_reruns_only_its_subject_and_the_longitudinal_steps(cluster, tmp_path):
+    """One subject with two sessions, then a third one: only that session's two SLURM jobs, the
+    subject's longitudinal job and the cohort's run."""
+    simulate_cohort(tmp_path / "all", 1, seed=12, preset="tiny", sessions=3)
+    bids = Path(shutil.copytree(tmp_path / "all", tmp_path / "bids", ignore=shutil.ignore_patterns("ses-03")))
+    out = tmp_path / "out"
+    result = snakemake(bids, out, cluster=cluster)
+    assert result.returncode == 0, result.stdout[-4000:]
+
+    shutil.copytree(tmp_path / "all" / "sub-001" / "ses-03", bids / "sub-001" / "ses-03")
+    plan = snakemake(bids, out, "--dry-run", cluster=cluster)
+    assert plan.returncode == 0, plan.stdout[-3000:]
+    session_jobs = {(rule, "001") for rule in PREP_RULES + DETECT_RULES}
+    assert printed_jobs(plan.stdout) == session_jobs | COHORT_JOBS | {
+        ("longitudinal", "001"), ("cohort_longitudinal", None)}
+    result = snakemake(bids, out, cluster=cluster)
+    assert result.returncode == 0, result.stdout[-4000:]
+    jobs = submitted(result.stdout, cluster)
+    check_went_through_sbatch(jobs, result.stdout)
+    assert completed(jobs)
+    assert sorted(job.kind for job in jobs) == sorted(
+        ["subject_prep", "subject_detect", "longitudinal", "cohort_longitudinal", "cohort"])
+    assert all("session=03" in printed for job in jobs if job.kind.startswith("subject")
+               for printed in [Path(job.record["StdOut"]).read_text()])
+    table = pd.read_csv(out / "group" / "cohort_longitudinal.csv", dtype={"session": str})
+    assert table[["participant_id", "session", "status"]].values.tolist() == [
+        ["sub-001", "ses-02", "ok"], ["sub-001", "ses-03", "ok"]]
+

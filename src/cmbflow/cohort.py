@@ -191,19 +191,75 @@ def write_partial_cohort_tables(
     return len(status) - len(done)
 
 
-def write_longitudinal_table(detections: list[str | Path], out_csv: str | Path, out_json: str | Path) -> None:
+def write_longitudinal_table(
+    detections: list[str | Path],
+    out_csv: str | Path,
+    out_json: str | Path,
+    not_tracked: Mapping[str, list[dict]] | None = None,
+) -> None:
     """``group/cohort_longitudinal.csv``: one row per subject and later session, from the subjects'
     longitudinal detection tables and their sidecars (sessions, registration similarity), with a
-    JSON sidecar of its columns."""
+    JSON sidecar of its columns. ``not_tracked`` maps subjects without a table to their rows (ids,
+    ``n_cmb`` where the session finished, and why it was not tracked in ``status``)."""
     rows = []
     for tsv in detections:
         similarity = json.loads(Path(tsv).with_suffix(".json").read_text())["RegistrationSimilarity"]
         participant = Path(tsv).name.split("_")[0]
         rows.append(longitudinal_summary(read_longitudinal(tsv), participant, similarity).iloc[1:])
-    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=LONGITUDINAL_SUMMARY_COLUMNS)
+    columns = LONGITUDINAL_SUMMARY_COLUMNS + [STATUS_COLUMN]
+    table = pd.concat(rows, ignore_index=True).assign(status="ok") if rows else pd.DataFrame(columns=columns)
+    untracked = [row for subject_rows in (not_tracked or {}).values() for row in subject_rows]
+    if untracked:
+        table = pd.concat([table, pd.DataFrame(untracked, columns=columns)], ignore_index=True)
+    table = table.sort_values(["participant_id", "session"], kind="stable").reset_index(drop=True)
     with atomic_path(out_csv) as tmp:
-        table.astype({"n_cmb": "Int64"}).to_csv(tmp, index=False, float_format="%.4f")
+        table[columns].astype({"n_cmb": "Int64"}).to_csv(tmp, index=False, float_format="%.4f")
     write_json({"Description": "New microbleeds since the baseline session, per subject and later session "
                 "(docs/longitudinal.md)", "aria_h_grade": {"Description": ARIA_H_NOTE},
                 "registration_similarity": {"Description": "entropy correlation of the session rigidly registered "
-                                            "to the baseline, inside the baseline brain mask"}}, out_json)
+                                            "to the baseline, inside the baseline brain mask"},
+                STATUS_COLUMN: {"Description": "ok, or why the session has no longitudinal figures (a failed "
+                                "session, or the subject's longitudinal step)"}}, out_json)
+
+
+def write_partial_longitudinal_table(
+    subjects: Mapping[str, tuple[str | Path, Mapping[str, str | Path]]],
+    baseline_session: str | None,
+    logs_dir: str | Path,
+    out_csv: str | Path,
+) -> int:
+    """The longitudinal cohort table of a run where sessions failed; returns how many sessions have no row from a table.
+
+    ``subjects`` maps each followed subject (``sub-X``) to its longitudinal table and
+    ``{session: qc metrics JSON}``. A subject keeps the rows of its table where one was made (by
+    this run or an earlier one); every later session without such a row gets one with its call
+    count where it finished and, in ``status``, its own failure, the baseline's, or the session
+    that stopped the subject from being tracked.
+    """
+    done, not_tracked = [], {}
+    for subject, (tsv, summaries) in subjects.items():
+        tracked = set()
+        if subject_status(subject, tsv, logs_dir) == "ok":
+            done.append(tsv)
+            tracked = set(read_longitudinal(tsv).sessions)
+        sessions = sorted(summaries)
+        baseline = baseline_session if baseline_session in summaries else sessions[0]
+        status = {s: subject_status(f"{subject}_{s}", summaries[s], logs_dir) for s in sessions}
+        failed = [s for s in sessions if status[s] != "ok"]
+        rows = []
+        for session in (s for s in sessions if s != baseline and s not in tracked):
+            if status[session] != "ok":
+                why = status[session]
+            elif status[baseline] != "ok":
+                why = f"not tracked: baseline {baseline} {status[baseline]}"
+            elif failed:
+                why = f"not tracked: {', '.join(failed)} has no results"
+            else:
+                why = subject_status(subject, tsv, logs_dir)
+            n_cmb = json.loads(Path(summaries[session]).read_text())["n_cmb"] if status[session] == "ok" else None
+            rows.append({"participant_id": subject, "baseline_session": baseline, "session": session,
+                         "n_cmb": n_cmb, STATUS_COLUMN: why})
+        not_tracked[subject] = rows
+    out_csv = Path(out_csv)
+    write_longitudinal_table(done, out_csv, out_csv.with_suffix(".json"), not_tracked)
+    return sum(len(rows) for rows in not_tracked.values())
