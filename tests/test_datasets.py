@@ -141,8 +141,8 @@ def test_two_sessions_track_new_bleeds_and_a_later_session_reruns_only_its_subje
     assert failed.returncode != 0
     partial = pd.read_csv(out / "group" / "cohort_longitudinal_partial.csv", dtype={"session": str})
     assert partial[["participant_id", "session"]].values.tolist() == [["sub-001", "ses-02"], ["sub-002", "ses-02"]]
-    assert partial["status"].tolist() == [
-        "ok", f"failed in anatomy: sub-002_ses-02: {broken}: not a readable NIfTI image"]
+    assert partial["status"][0] == "ok"
+    assert partial["status"][1].startswith(f"failed in anatomy: sub-002_ses-02: {broken}: not a readable NIfTI image")
     assert partial["aria_h_grade"].notna().tolist() == [True, False]
     assert not (out / "group" / "cohort_longitudinal.csv").exists()
     broken.write_bytes(original)
