@@ -123,6 +123,13 @@ def test_followup_call_at_a_baseline_candidate_is_persisting_not_new():
     assert summary.loc["ses-01", "n_cmb"] == 0
 
 
+def test_followup_call_at_a_faint_baseline_candidate_is_new():
+    """Stage 1's faint candidates are everywhere: one the classifier all but dismissed is not the lesion."""
+    base = session("ses-01", [candidate(0, 0, 0, p=0.01), candidate(40, 0, 0, p=0.1)])
+    follow = session("ses-02", [call(1, 0, 0), call(41, 0, 0)])
+    assert rows(track_detections([base, follow]), "ses-02")["status"].tolist() == ["new", "persisting"]
+
+
 def test_tolerance_follows_voxel_size_and_radii():
     base = [call(0, 0, 0, r=1.0)]
     assert rows(track_detections([session("ses-01", base), session("ses-02", [call(3.5, 0, 0, r=1.0)])]),

@@ -44,6 +44,12 @@ VOXEL_DIAGONALS = 1.5
 #: A later call at the place of an earlier sub-threshold candidate is the same lesion (not new)
 #: only when neither apparent radius is more than this many times the other.
 COMPARABLE_RADIUS_RATIO = 2.0
+#: ... and only when the classifier gave that candidate at least this probability. Stage 1 finds
+#: about one faint candidate per millilitre of brain, so a new bleed often lands within tolerance
+#: of one by chance (3 of 36 new bleeds on the simulated longitudinal cohort of
+#: benchmarks/RESULTS.md, at baseline candidates of probability 0.001-0.02); such a candidate is
+#: not the same lesion.
+COMPARABLE_MIN_PROBABILITY = 0.1
 #: A point counts as covered by a session when inside its image grid and within this distance of
 #: its brain mask (a lesion at the brain's edge lies partly outside any mask).
 FIELD_OF_VIEW_MARGIN_MM = 3.0
@@ -60,7 +66,7 @@ LONGITUDINAL_COLUMNS: dict[str, dict[str, object]] = {
     "status": {"Description": "What the row says about the lesion at this session", "Levels": {
         "baseline": "a call at the baseline session",
         "persisting": "a call of a lesion called at an earlier session, or present as a candidate of comparable "
-                      "size at baseline",
+                      "size (probability >= 0.1) at baseline",
         "new": "a call of a lesion first seen at this session and absent from the baseline",
         "not_seen": "a lesion called at an earlier session without a call at this one (see reason)"}},
     "reason": {"Description": "Why a not_seen lesion has no call; n/a for calls", "Levels": {
@@ -227,13 +233,19 @@ def _standing(session: Session) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def _comparable_candidates(table: pd.DataFrame) -> pd.DataFrame:
+    """The sub-threshold candidates that can stand for a lesion called at another session."""
+    return table[~table["is_cmb"].astype(bool) & (table["probability"] >= COMPARABLE_MIN_PROBABILITY)]
+
+
 def track_detections(sessions: Sequence[Session], baseline: str | None = None) -> Longitudinal:
     """Give every call of every session a track and a status (see LONGITUDINAL_COLUMNS).
 
     ``baseline``: the reference session's label (default: the first by sorted label); the
     others follow in label order. At each follow-up the calls are matched one to one to the
     tracks so far (their latest positions); the rest, to the baseline's sub-threshold candidates
-    of comparable radius (``persisting``: the lesion was there at baseline); the rest start new
+    of comparable radius and some probability (``persisting``: the lesion was there at
+    baseline); the rest start new
     tracks (``new``). Tracks left without a call get a ``not_seen`` row.
     """
     by_label = {s.label: s for s in sessions}
@@ -249,7 +261,7 @@ def track_detections(sessions: Sequence[Session], baseline: str | None = None) -
     tracks: list[dict] = []  # position, radius, diagonal, region, lobe of the latest call; at_baseline
     base = by_label[baseline]
     base_table = _standing(base)
-    below_base = base_table[~base_table["is_cmb"].astype(bool)]
+    below_base = _comparable_candidates(base_table)
     for _, call in base_table[base_table["is_cmb"].astype(bool)].iterrows():
         tracks.append(_track(call, base.voxel_size_mm, at_baseline=True))
         rows.append(_row(call, len(tracks), baseline, "baseline", new_since_baseline=False, new_since_previous=False))
@@ -265,7 +277,7 @@ def track_detections(sessions: Sequence[Session], baseline: str | None = None) -
         prev_call = prev_table["is_cmb"].astype(bool).to_numpy()
         in_previous, in_previous_candidate = _link(
             call_points, _points(prev_table[prev_call], previous.voxel_size_mm),
-            _points(prev_table[~prev_call], previous.voxel_size_mm))
+            _points(_comparable_candidates(prev_table), previous.voxel_size_mm))
         seen = set()
         for n, call in calls.iterrows():
             if track_of[n] >= 0:
