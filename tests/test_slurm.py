@@ -101,7 +101,8 @@ def submitted(text: str, cluster: slurm_cluster.SlurmCluster) -> list[SlurmJob]:
     records = cluster.jobs()
     jobs = []
     for job_id, log in re.findall(r"submitted with SLURM jobid (\d+) \(log: (.+?)\)\.$", text, re.M):
-        folder = Path(log).parent.name  # group_<group>_<rules...> or rule_<rule>
+        # .../group_<group>_<rules...>/ or .../rule_<rule>/[<wildcards>/]
+        folder = next(part for part in reversed(Path(log).parts) if part.startswith(("group_", "rule_")))
         kind = next((g for _, g in GROUPS if folder.startswith(f"group_{g}_")), folder.removeprefix("rule_"))
         ran = printed_jobs(Path(log).read_text()) if Path(log).exists() else set()
         jobs.append(SlurmJob(job_id, kind, ran, records.get(job_id, {})))
