@@ -271,6 +271,45 @@ def test_evaluation_against_the_simulated_truth(run, cohort):
     assert result["region_accuracy"]["accuracy"] >= 0.6
 
 
+def test_finetune_writes_a_new_model_from_ratings_and_never_the_shipped_one(run, cohort, tmp_path):
+    from cmbflow.errors import InputError
+    from cmbflow.evaluate import write_ratings_from_truth
+    from cmbflow.finetune import FinetuneParams, finetune
+    from cmbflow.model import load_classifier
+
+    shipped = {path.name: path.read_bytes() for path in packaged_model_dir().iterdir()}
+    few, ratings, site = tmp_path / "few", tmp_path / "ratings", tmp_path / "site"
+    truth = cohort / "derivatives" / "simulation"
+    write_ratings_from_truth(truth, run, few, ["sub-001"])
+    refused = subprocess.run([sys.executable, "-m", "cmbflow.cli", "finetune", str(run), str(few), str(site)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and not site.exists()
+    assert re.fullmatch(
+        f"cmbflow error: {re.escape(str(few))}: 1 rated scans with \\d+ rated microbleeds are too few to tune on; "
+        r"rate at least 3 scans with 10 microbleeds in all \(accepted calls, and missed bleeds that stage 1 found "
+        r"as candidates\)\n", refused.stderr), refused.stderr
+
+    write_ratings_from_truth(truth, run, ratings, ["sub-001", "sub-002", "sub-003"])
+    quick = FinetuneParams(min_microbleeds=3, folds=3, epochs=1, replay_scans=1, replay_preset="tiny")
+    card = finetune(run, ratings, site, params=quick)
+    assert sorted(path.name for path in site.iterdir()) == [
+        "MODEL_CARD.md", "magnitude.safetensors", "model_card.json", "phase.safetensors"]
+    # Both variants tuned (sub-003 has no phase): cross-validated over whole scans, before and after.
+    for variant, scans in (("phase", 2), ("magnitude", 3)):
+        entry = card["models"][variant]
+        assert entry["tuned"] and 0.25 <= entry["temperature"] <= 4
+        cv = entry["cross_validation"]
+        assert cv["before"]["scans"] == cv["after"]["scans"] == scans == sum(len(f["scans"]) for f in cv["per_fold"])
+        classifier = load_classifier(site, has_phase=variant == "phase")
+        assert (classifier.threshold, classifier.temperature) == (entry["threshold"], entry["temperature"])
+    assert set(card["tuned_on"]["scans"]) == {"sub-001", "sub-002", "sub-003"}
+    assert json.loads((site / "model_card.json").read_text()) == json.loads(json.dumps(card))
+    for target in (site, packaged_model_dir()):
+        with pytest.raises(InputError, match="never overwritten"):
+            finetune(run, ratings, target, params=quick)
+    assert {path.name: path.read_bytes() for path in packaged_model_dir().iterdir()} == shipped
+
+
 def test_calls_map_to_the_true_mni_position(run, cohort):
     """Subject -> MNI through the saved transform lands where the simulator put the bleed."""
     errors = []

@@ -1,8 +1,9 @@
 """Command line: the BIDS-App entry point, the simulator and a cohort overview.
 
     cmbflow BIDS_DIR OUTPUT_DIR participant|group [options] [snakemake args...]  (cmbflow.bids_app)
-    cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse|training] [--sessions [N]]
+    cmbflow simulate OUT --subjects N --seed S [--preset tiny|standard|diverse|training|site] [--sessions [N]]
     cmbflow evaluate [--labels] REFERENCE OUTPUT_DIR [--json FILE] [--plot PNG]
+    cmbflow finetune OUTPUT_DIR RATINGS_DIR MODEL_DIR [--base-model DIR] [--replay-scans N] [--seed S]
     cmbflow show OUTPUT_DIR
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from cmbflow import __version__, bids_app
+from cmbflow.errors import InputError
 
 
 def run_simulate(argv: list[str]) -> int:
@@ -95,6 +97,41 @@ def run_evaluate(argv: list[str]) -> int:
     return 0
 
 
+def run_finetune(argv: list[str]) -> int:
+    import logging
+
+    from cmbflow.finetune import FinetuneParams, finetune  # torch
+
+    parser = argparse.ArgumentParser(
+        prog="cmbflow finetune",
+        description="Adapt the classifier to a site from its raters' verdicts (docs/ratings.md): recalibrate its "
+        "threshold and temperature and fine-tune it on the rated scans' candidates, with simulated replay; write a "
+        "new model folder for classifier.model_dir, with a model card of cross-validated figures before and after.",
+    )
+    parser.add_argument("output_dir", type=Path, help="a finished cmbflow output of the rated scans")
+    parser.add_argument("ratings_dir", type=Path, help="the raters' ratings of those scans (docs/ratings.md)")
+    parser.add_argument("model_dir", type=Path, help="a new folder for the site's model (never the shipped one)")
+    parser.add_argument("--base-model", type=Path, help="start from this model folder (default: the shipped model)")
+    parser.add_argument("--replay-scans", type=int, default=FinetuneParams.replay_scans,
+                        help="simulated scans replayed beside the site's (made at run time)")
+    parser.add_argument("--seed", type=int, default=FinetuneParams.seed)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    card = finetune(args.output_dir, args.ratings_dir, args.model_dir, args.base_model,
+                    FinetuneParams(replay_scans=args.replay_scans, seed=args.seed))
+    for variant, entry in card["models"].items():
+        if entry["tuned"]:
+            cv = entry["cross_validation"]
+            print(f"{variant} model, cross-validated on {len(card['tuned_on']['scans'])} rated scans: sensitivity "
+                  f"{cv['before']['sensitivity']} -> {cv['after']['sensitivity']}, FP/scan "
+                  f"{cv['before']['fp_per_scan']} -> {cv['after']['fp_per_scan']} (threshold {entry['threshold']:.3f}, "
+                  f"temperature {entry['temperature']:.2f})")
+        else:
+            print(f"{variant} model: copied unchanged ({entry['why_not']})")
+    print(f"model written to {args.model_dir}; use it with --config classifier.model_dir={args.model_dir.resolve()}")
+    return 0
+
+
 def run_show(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="cmbflow show", description="Print a cohort's summary table "
                                      "(the partial one, with every subject's status, when subjects failed).")
@@ -115,12 +152,16 @@ def run_show(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"simulate": run_simulate, "evaluate": run_evaluate, "show": run_show}
+    commands = {"simulate": run_simulate, "evaluate": run_evaluate, "finetune": run_finetune, "show": run_show}
     if argv[:1] == ["--version"]:
         print(f"cmbflow {__version__}")
         return 0
     if argv and argv[0] in commands:
-        return commands[argv[0]](argv[1:])
+        try:
+            return commands[argv[0]](argv[1:])
+        except InputError as err:  # bad input: one line, no traceback
+            print(f"cmbflow error: {err}", file=sys.stderr)
+            return 2
     return bids_app.run(argv)
 
 

@@ -22,12 +22,12 @@ from scipy.optimize import linear_sum_assignment
 
 from scipy import ndimage
 
-from cmbflow.derivatives import BRAIN_MASK, HPPHASE
+from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE
 from cmbflow.detections import read_detections
 from cmbflow.errors import InputError
 from cmbflow.image import atomic_path, ijk_to_xyz, voxel_sizes
 from cmbflow.mars import ATLAS_NAME, MarsAtlas, read_mars_atlas
-from cmbflow.ratings import match_to_calls, rate_subject, ratings_files
+from cmbflow.ratings import match_to_calls, rate_subject, ratings_files, ratings_table_path
 
 #: Operating points of the FROC summary (false positives per scan).
 FROC_FP_RATES = (0.5, 1.0, 2.0, 4.0)
@@ -105,6 +105,34 @@ def match_points(a_xyz: npt.ArrayLike, b_xyz: npt.ArrayLike, tolerance_mm: npt.A
         unmatched_detections=np.setdiff1d(np.arange(len(det)), rows).astype(np.int64),
         unmatched_truth=np.setdiff1d(np.arange(len(truth)), cols).astype(np.int64),
     )
+
+
+def ratings_from_truth(calls: pd.DataFrame, truth: pd.DataFrame, voxel_size_mm: Sequence[float]) -> pd.DataFrame:
+    """What a perfect rater gives back for a simulated scan (the ratings contract, docs/ratings.md):
+    ``accept`` for a call of a true microbleed, ``reject`` for any other call, ``missed`` for each
+    true microbleed without a call, at its true position."""
+    bleeds = truth[truth["kind"] == "cmb"]
+    match = match_detections(_xyz(calls), _xyz(bleeds), bleeds["diameter_mm"].to_numpy(float) / 2, voxel_size_mm)
+    rating = np.full(len(calls), "reject", dtype=object)
+    rating[match.pairs[:, 0]] = "accept"
+    missed = np.setdiff1d(np.arange(len(bleeds)), match.pairs[:, 1])
+    rows = [calls[["x", "y", "z"]].assign(rating=rating), bleeds.iloc[missed][["x", "y", "z"]].assign(rating="missed")]
+    return pd.concat(rows, ignore_index=True)
+
+
+def write_ratings_from_truth(truth_dir: str | Path, output_dir: str | Path, ratings_dir: str | Path,
+                             labels: Sequence[str]) -> None:
+    """A perfect rater's ratings tables of these scans' calls (``sub-X[_ses-Y]``), into ``ratings_dir``."""
+    for label in labels:
+        folder = Path(*label.split("_"), "anat")
+        anat = Path(output_dir) / folder
+        truth = pd.read_csv(Path(truth_dir) / folder / f"{label}_desc-truth_lesions.tsv", sep="\t")
+        voxel = voxel_sizes(nib.load(anat / f"{label}{N4_MAGNITUDE}.nii.gz").affine)
+        table = ratings_from_truth(pd.read_csv(anat / f"{label}_desc-cmb_detections.tsv", sep="\t"), truth, voxel)
+        path = Path(ratings_dir) / ratings_table_path(label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, sep="\t", index=False)
 
 
 def detection_metrics(matches: Sequence[Match]) -> dict[str, float]:

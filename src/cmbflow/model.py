@@ -163,6 +163,7 @@ class Classifier:
     threshold: float
     variant: str
     weights_sha256: str | None = None  # of its weights file (in every sidecar); None for a model in memory
+    temperature: float = 1.0  # logits are divided by it (a site's recalibration, cmbflow.finetune)
 
     def predict(self, patches: npt.NDArray[np.float32], features: npt.NDArray[np.float32] | None = None,
                 device: torch.device | str = "cpu", batch_size: int = 256) -> npt.NDArray[np.float64]:
@@ -174,8 +175,8 @@ class Classifier:
         self, patches: npt.NDArray[np.float32], features: npt.NDArray[np.float32] | None = None,
         device: torch.device | str = "cpu", batch_size: int = 256,
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-        """Microbleed probability of each candidate (sigmoid of the members' mean logit) and the
-        standard deviation of the members' own probabilities (0 with one member)."""
+        """Microbleed probability of each candidate (sigmoid of the members' mean logit over the
+        temperature) and the standard deviation of the members' own probabilities (0 with one member)."""
         if patches.shape[1] != self.model.spec.in_channels:
             raise ValueError(f"{self.variant} model takes {self.model.spec.in_channels} channels, "
                              f"got {patches.shape[1]}")
@@ -184,7 +185,7 @@ class Classifier:
         for i in range(0, len(patches), batch_size):
             x = torch.from_numpy(patches[i:i + batch_size]).to(device)
             f = None if features is None else torch.from_numpy(features[i:i + batch_size]).to(device)
-            logits = model.member_logits(x, f)
+            logits = model.member_logits(x, f) / self.temperature
             probability.append(torch.sigmoid(logits.mean(dim=0)).cpu())
             spread.append(torch.sigmoid(logits).std(dim=0, correction=0).cpu())
         if not probability:
@@ -203,9 +204,10 @@ def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: fl
     if not card_path.is_file():
         raise InputError("model card not found", path=card_path, fix="point classifier.model_dir at a trained model")
     card = json.loads(card_path.read_text())
-    chosen = card["models"][variant]["threshold"] if threshold is None else threshold
-    weights = folder / card["models"][variant]["weights"]
-    return Classifier(load_model(weights), float(chosen), variant, sha256(weights))
+    entry = card["models"][variant]
+    chosen = entry["threshold"] if threshold is None else threshold
+    weights = folder / entry["weights"]
+    return Classifier(load_model(weights), float(chosen), variant, sha256(weights), float(entry.get("temperature", 1.0)))
 
 
 def sha256(path: str | Path) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 from cmbflow.errors import InputError
 from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 
-PRESETS = ("tiny", "standard", "diverse", "training")
+PRESETS = ("tiny", "standard", "diverse", "training", "site")
 PHASE_UNITS = ("rad", "arbitrary")
 
 _AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
@@ -104,6 +104,10 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     magnitude-only (the validation cohort of the classifier: it has to cope with any of it).
     ``training``: ``diverse`` with more microbleeds, calcifications and veins per scan, so that
     each simulated scan gives the classifier more examples of each kind.
+    ``site``: one site outside the training ranges, for adapting the classifier to it (``cmbflow
+    finetune``): 3 T, 1.1-1.25 mm in-plane and 3.2-3.6 mm slices (veins crossing them look like
+    dots), long TE, low SNR, more veins of higher susceptibility, more iron in deep grey matter,
+    smaller heads.
 
     The phase sign is the cmbflow default (paramagnetic negative) in every preset: it is a
     convention of the site, set once in the config, and the classifier sees signed phase.
@@ -190,5 +194,28 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
             deep_gm_chi_ppm=_uniform(rng, 0.05, 0.15),
             bias_amplitude=_uniform(rng, 0.05, 0.4),
             background_phase_rad=_uniform(rng, 2 * np.pi, 10 * np.pi),
+        )
+    if preset == "site":
+        orientation = _axial_orientation(rng, ("RAS", "LPS"))
+        return SubjectParams(
+            voxel_size_mm=_voxel_sizes(orientation, _uniform(rng, 1.1, 1.25, 2), _uniform(rng, 3.2, 3.6, 2), 2),
+            orientation=orientation,
+            b0_tesla=3.0,
+            te_s=_uniform(rng, 0.035, 0.045, 5),
+            snr=_uniform(rng, 10.0, 18.0, 2),
+            phase_units="rad",
+            paramagnetic_sign=-1,
+            has_phase=True,
+            n_cmb=int(rng.integers(3, 11)),
+            n_calcifications=int(rng.integers(0, 3)),
+            n_veins=int(rng.integers(16, 25)),
+            head_rotation_deg=(_uniform(rng, -10, 10, 2), _uniform(rng, -5, 5, 2), _uniform(rng, -5, 5, 2)),
+            head_scale=_uniform(rng, 0.78, 0.85),
+            head_shift_mm=tuple(_uniform(rng, -5, 5, 2) for _ in range(3)),  # type: ignore[arg-type]
+            cmb_diameter_mm=(2.0, 6.0),
+            vein_chi_ppm=(0.45, 0.6),
+            deep_gm_chi_ppm=_uniform(rng, 0.18, 0.28),
+            bias_amplitude=_uniform(rng, 0.2, 0.4),
+            background_phase_rad=_uniform(rng, 4 * np.pi, 10 * np.pi),
         )
     raise InputError(f"unknown simulator preset {preset!r}", fix=f"use one of {', '.join(PRESETS)}")
