@@ -43,13 +43,15 @@ def test_temperature_recovers_an_overconfident_model():
     assert fit_temperature(logits, rng.random(20000) < 1 / (1 + np.exp(-logits))) == pytest.approx(1.0, rel=0.1)
 
 
-def test_site_threshold_keeps_the_sensitivity_with_the_fewest_false_calls():
+def test_site_threshold_most_sensitive_within_the_budget_never_below_the_sensitivity():
     truth = np.array([[0.0, 0, 0], [50, 0, 0]])
     # Two bleeds at 0.9 and 0.6; false calls at 0.95, 0.7 and 0.3.
     scan = ScanScores(np.array([[0.0, 0, 0], [50, 0, 0], [100, 0, 0], [150, 0, 0], [200, 0, 0]]),
                       np.array([0.9, 0.6, 0.95, 0.7, 0.3]), truth, np.array([1.5, 1.5]), np.array(VOXEL))
-    assert choose_site_threshold([scan], 1.0) == pytest.approx(0.6)  # both bleeds: 2 false calls
-    assert choose_site_threshold([scan], 0.5) == pytest.approx(0.9)  # one is enough: 1 false call
+    assert choose_site_threshold([scan], 0.5, 1.0) == pytest.approx(0.9)  # the most sensitive within 1 false call
+    assert choose_site_threshold([scan], 0.5, 3.0) == pytest.approx(0.6)  # both bleeds within 3 (2 false calls)
+    # Within 1 false call only one bleed is found: keeping both costs the fewest false calls that does.
+    assert choose_site_threshold([scan], 1.0, 1.0) == pytest.approx(0.6)
 
 
 def test_ratings_from_truth_accept_reject_and_missed():

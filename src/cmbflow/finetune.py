@@ -9,8 +9,9 @@ that made the calls (or another):
   replay of simulated scans (made at run time, nothing is downloaded) so that what the model
   learned elsewhere is not forgotten. Of the site's other candidates, those the base model finds
   hard to reject (its false calls and near misses) are drawn more than the easy ones.
-- **recalibration**: a temperature fitted to the ratings, then the threshold with the fewest false
-  calls that keeps the base model's sensitivity on the rated scans.
+- **recalibration**: a temperature fitted to the ratings, then the most sensitive threshold that
+  keeps at most a third of the base model's false calls at the site (or the shipped model's
+  budget, if more), never below the base model's sensitivity on the rated scans.
 
 Both are cross-validated over whole rated scans: each is scored by a model that did not see it,
 and the model card gives the figures before and after. The temperature and threshold are those
@@ -67,6 +68,8 @@ class FinetuneParams:
     learning_rate: float = 3e-4
     weight_decay: float = 1e-4
     batch_size: int = 64
+    fp_fraction: float = 1 / 3  # the site model may keep this fraction of the base model's false calls ...
+    design_fp_per_scan: tuple[float, float] = (0.5, 1.0)  # ... or the shipped budget (phase, magnitude) if more
     hard_probability: float = 0.05  # site negatives the base model gives at least this are "hard"
     hard_per_positive: int = 8  # of the hard site negatives, drawn afresh each epoch
     negatives_per_positive: int = 4  # of the easier site negatives, likewise
@@ -278,15 +281,20 @@ def fit_temperature(logits: npt.ArrayLike, target: npt.ArrayLike) -> float:
     return float(grid[int(np.argmin(loss))])
 
 
-def choose_site_threshold(scans: Sequence[ScanScores], min_sensitivity: float) -> float:
-    """The threshold with the fewest false calls at a sensitivity of at least ``min_sensitivity``
-    (of those, the most sensitive; when none reaches it, the most sensitive)."""
+def choose_site_threshold(scans: Sequence[ScanScores], min_sensitivity: float, max_fp_per_scan: float) -> float:
+    """The most sensitive threshold with at most ``max_fp_per_scan`` false calls per scan, if it
+    reaches ``min_sensitivity``; else the one with the fewest false calls that does (when none
+    does, the most sensitive). Of ties, the fewest false calls."""
     curve = operating_curve(list(scans))
     curve = curve[np.isfinite(curve["threshold"])]
-    ok = curve[curve["sensitivity"] >= min_sensitivity - 1e-9]
-    if ok.empty:
-        ok = curve[curve["sensitivity"] == curve["sensitivity"].max()]
-    return float(ok.sort_values(["fp_per_scan", "sensitivity"], ascending=[True, False]).iloc[0]["threshold"])
+    within = curve[curve["fp_per_scan"] <= max_fp_per_scan]
+    best = within.sort_values(["sensitivity", "fp_per_scan"], ascending=[False, True]).head(1)
+    if best.empty or best["sensitivity"].iloc[0] < min_sensitivity - 1e-9:
+        ok = curve[curve["sensitivity"] >= min_sensitivity - 1e-9]
+        if ok.empty:
+            ok = curve[curve["sensitivity"] == curve["sensitivity"].max()]
+        best = ok.sort_values(["fp_per_scan", "sensitivity"], ascending=[True, False]).head(1)
+    return float(best["threshold"].iloc[0])
 
 
 def _scores(scan: RatedScan, probability: npt.NDArray[np.float64]) -> ScanScores:
@@ -333,13 +341,17 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
                                   np.concatenate([s.target[s.target >= 0] for s in scans]))
     tuned = {s.label: _scores(s, _sigmoid(logits[s.label] / temperature)) for s in scans}
     before = {s.label: _scores(s, base_probability[s.label]) for s in scans}
-    base_sensitivity = metrics_at(list(before.values()), base_threshold)["sensitivity"]
-    threshold = choose_site_threshold(list(tuned.values()), base_sensitivity)
+    design = params.design_fp_per_scan[0 if variant == "phase" else 1]
+
+    def threshold_for(labels: list[str]) -> tuple[float, dict]:
+        base = metrics_at([before[label] for label in labels], base_threshold)
+        budget = max(design, params.fp_fraction * base["fp_per_scan"])
+        return choose_site_threshold([tuned[label] for label in labels], base["sensitivity"], budget), base
+
+    threshold, base_figures = threshold_for([s.label for s in scans])
     per_fold = []
     for k, fold in enumerate(folds):
-        others = [s.label for s in scans if s not in fold]
-        fold_threshold = choose_site_threshold([tuned[label] for label in others],
-                                               metrics_at([before[label] for label in others], base_threshold)["sensitivity"])
+        fold_threshold, _ = threshold_for([s.label for s in scans if s not in fold])
         per_fold.append({"scans": [s.label for s in fold], "threshold": round(fold_threshold, 4),
                          "before": _figures([before[s.label] for s in fold], base_threshold),
                          "after": _figures([tuned[s.label] for s in fold], fold_threshold)})
@@ -350,8 +362,11 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
         figures["fp_per_scan"] = round(figures["false_positives"] / figures["scans"], 4)
     final = tune_model(base, site_examples(scans, variant), _hard(scans, base_probability, params), replay, params)
     entry = {"in_channels": base.spec.in_channels, "threshold": threshold, "temperature": temperature,
-             "threshold_chosen_for": "the fewest false calls at the base model's sensitivity on the rated scans "
-             f"({base_sensitivity:.3f}), on cross-validated scores",
+             "threshold_chosen_for": "the highest sensitivity at most "
+             f"{max(design, params.fp_fraction * base_figures['fp_per_scan']):.2f} false calls per scan (a third of "
+             f"the base model's {base_figures['fp_per_scan']:.2f} on the rated scans, or {design} if more), unless "
+             f"below the base model's sensitivity ({base_figures['sensitivity']:.3f}): then the fewest false calls "
+             "at that sensitivity; on cross-validated scores",
              "cross_validation": {"folds": len(folds), "before": pooled["before"], "after": pooled["after"],
                                   "per_fold": per_fold, "base_threshold": base_threshold}}
     return final, entry
