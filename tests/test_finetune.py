@@ -49,7 +49,8 @@ def test_site_threshold_most_sensitive_within_the_budget_never_below_the_sensiti
     scan = ScanScores(np.array([[0.0, 0, 0], [50, 0, 0], [100, 0, 0], [150, 0, 0], [200, 0, 0]]),
                       np.array([0.9, 0.6, 0.95, 0.7, 0.3]), truth, np.array([1.5, 1.5]), np.array(VOXEL))
     assert choose_site_threshold([scan], 0.5, 1.0) == pytest.approx(0.9)  # the most sensitive within 1 false call
-    assert choose_site_threshold([scan], 0.5, 3.0) == pytest.approx(0.6)  # both bleeds within 3 (2 false calls)
+    assert choose_site_threshold([scan], 0.5, 3.0) == pytest.approx(0.3)  # within 3: the budget spent
+    assert choose_site_threshold([scan], 0.5, 9.0) == pytest.approx(0.3)  # more budget than candidates
     # Within 1 false call only one bleed is found: keeping both costs the fewest false calls that does.
     assert choose_site_threshold([scan], 1.0, 1.0) == pytest.approx(0.6)
 

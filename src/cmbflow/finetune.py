@@ -282,19 +282,31 @@ def fit_temperature(logits: npt.ArrayLike, target: npt.ArrayLike) -> float:
 
 
 def choose_site_threshold(scans: Sequence[ScanScores], min_sensitivity: float, max_fp_per_scan: float) -> float:
-    """The most sensitive threshold with at most ``max_fp_per_scan`` false calls per scan, if it
-    reaches ``min_sensitivity``; else the one with the fewest false calls that does (when none
-    does, the most sensitive). Of ties, the fewest false calls."""
+    """The lowest threshold with at most ``max_fp_per_scan`` false calls per scan (the most
+    sensitive within that budget, and the budget spent: on new scans a threshold at its edge finds
+    more than the highest one of the same sensitivity here), if it reaches ``min_sensitivity``;
+    else the one with the fewest false calls that does (when none does, the most sensitive)."""
     curve = operating_curve(list(scans))
-    curve = curve[np.isfinite(curve["threshold"])]
-    within = curve[curve["fp_per_scan"] <= max_fp_per_scan]
-    best = within.sort_values(["sensitivity", "fp_per_scan"], ascending=[False, True]).head(1)
-    if best.empty or best["sensitivity"].iloc[0] < min_sensitivity - 1e-9:
-        ok = curve[curve["sensitivity"] >= min_sensitivity - 1e-9]
-        if ok.empty:
-            ok = curve[curve["sensitivity"] == curve["sensitivity"].max()]
-        best = ok.sort_values(["fp_per_scan", "sensitivity"], ascending=[True, False]).head(1)
-    return float(best["threshold"].iloc[0])
+    curve = curve[np.isfinite(curve["threshold"])].reset_index(drop=True)  # thresholds descending
+    within = np.flatnonzero(curve["fp_per_scan"].to_numpy() <= max_fp_per_scan)
+    if within.size and curve["sensitivity"][within[-1]] >= min_sensitivity - 1e-9:
+        row = within[-1]
+        floor = curve["threshold"][row + 1] if row + 1 < len(curve) else 0.0  # where the next bleed enters
+        spare = int(np.floor((max_fp_per_scan - curve["fp_per_scan"][row]) * len(scans) + 1e-9))
+        return _spend(scans, float(curve["threshold"][row]), float(floor), spare)
+    ok = curve[curve["sensitivity"] >= min_sensitivity - 1e-9]
+    if ok.empty:
+        ok = curve[curve["sensitivity"] == curve["sensitivity"].max()]
+    return float(ok.sort_values(["fp_per_scan", "sensitivity"], ascending=[True, False]).iloc[0]["threshold"])
+
+
+def _spend(scans: Sequence[ScanScores], threshold: float, floor: float, spare: int) -> float:
+    """``threshold`` lowered to admit up to ``spare`` more candidates, staying above ``floor``."""
+    below = np.sort(np.concatenate([s.probability[(s.probability < threshold) & (s.probability > floor)]
+                                    for s in scans] + [np.zeros(0)]))[::-1]
+    if spare <= 0 or not len(below):
+        return threshold
+    return float(below[min(spare, len(below)) - 1])
 
 
 def _scores(scan: RatedScan, probability: npt.NDArray[np.float64]) -> ScanScores:
@@ -362,7 +374,7 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
         figures["fp_per_scan"] = round(figures["false_positives"] / figures["scans"], 4)
     final = tune_model(base, site_examples(scans, variant), _hard(scans, base_probability, params), replay, params)
     entry = {"in_channels": base.spec.in_channels, "threshold": threshold, "temperature": temperature,
-             "threshold_chosen_for": "the highest sensitivity at most "
+             "threshold_chosen_for": "the lowest threshold with at most "
              f"{max(design, params.fp_fraction * base_figures['fp_per_scan']):.2f} false calls per scan (a third of "
              f"the base model's {base_figures['fp_per_scan']:.2f} on the rated scans, or {design} if more), unless "
              f"below the base model's sensitivity ({base_figures['sensitivity']:.3f}): then the fewest false calls "
