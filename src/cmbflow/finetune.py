@@ -467,7 +467,9 @@ def card_markdown(card: dict) -> str:
                      f"{cv['before']['sensitivity']} → {cv['after']['sensitivity']} | "
                      f"{cv['before']['fp_per_scan']} → {cv['after']['fp_per_scan']} |")
     lines += ["", "Cross-validated over whole rated scans: each scan scored by a model tuned without it, at a "
-              "threshold chosen without it. Before: the base model at its own threshold. The threshold keeps "
-              "the base model's sensitivity on the rated scans with the fewest false calls.", "",
+              "threshold chosen without it. Before: the base model at its own threshold."]
+    lines += [f"The {variant} model's threshold: {entry['threshold_chosen_for']}." for variant, entry in
+              card["models"].items() if entry.get("tuned")]
+    lines += ["",
               f"Intended use: {card['intended_use']}. Not a medical device.", ""]
     return "\n".join(lines)
