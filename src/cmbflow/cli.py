@@ -128,7 +128,8 @@ def run_finetune(argv: list[str]) -> int:
                   f"temperature {entry['temperature']:.2f})")
         else:
             print(f"{variant} model: copied unchanged ({entry['why_not']})")
-    print(f"model written to {args.model_dir}; use it with --config classifier.model_dir={args.model_dir.resolve()}")
+    print(f"model written to {args.model_dir}; use it with: cmbflow BIDS_DIR OUTPUT_DIR participant --model-dir "
+          f"{args.model_dir.resolve()} (snakemake: --config 'classifier={{\"model_dir\": \"{args.model_dir.resolve()}\"}}')")
     return 0
 
 
