@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -43,11 +42,19 @@ from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, SWI
 from cmbflow.detections import SAME_LESION_MM, superseded
 from cmbflow.errors import InputError
 from cmbflow.evaluate import match_detections
-from cmbflow.image import voxel_sizes, write_json
+from cmbflow.image import write_json
 from cmbflow.model import MODEL_CARD, CandidateNet, load_model, packaged_model_dir, save_model, sha256
-from cmbflow.patches import candidate_features, candidate_patches, n_features
+from cmbflow.patches import candidate_features, n_features
 from cmbflow.ratings import rate_subject, ratings_files
-from cmbflow.training import ScanScores, augment, collect_patches, metrics_at, operating_curve
+from cmbflow.training import (
+    ScanOutputs,
+    ScanScores,
+    augment,
+    collect_patches,
+    metrics_at,
+    operating_curve,
+    scan_patches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,24 +156,20 @@ def load_rated_scans(output_dir: str | Path, ratings_dir: str | Path) -> list[Ra
         if not files:
             continue
         anat = calls_path.parent
-        candidates = pd.read_csv(anat / f"{prefix}_desc-candidates_detections.tsv", sep="\t")
-        calls = pd.read_csv(calls_path, sep="\t")
-        rated = rate_subject(calls, files, prefix)
-        image = nib.load(anat / f"{prefix}{N4_MAGNITUDE}.nii.gz")
-        voxel = voxel_sizes(image.affine)
+        hpphase = anat / f"{prefix}{HPPHASE}.nii.gz"
+        scan = ScanOutputs(prefix, anat / f"{prefix}_desc-candidates_detections.tsv",
+                           anat / f"{prefix}{N4_MAGNITUDE}.nii.gz", anat / f"{prefix}{BRAIN_MASK}.nii.gz",
+                           hpphase if hpphase.exists() else None)
+        candidates, patches, voxel = scan_patches(scan, _paramagnetic_sign(anat, prefix))
+        rated = rate_subject(pd.read_csv(calls_path, sep="\t"), files, prefix)
         target, scored, bleeds_xyz, bleeds_radius = label_rated_candidates(
             candidates, rated.ratings, rated.missed[["x", "y", "z"]].to_numpy(float), voxel)
-        hpphase = anat / f"{prefix}{HPPHASE}.nii.gz"
-        phase = nib.load(hpphase).get_fdata(dtype=np.float32) if hpphase.exists() else None
-        mask = np.asanyarray(nib.load(anat / f"{prefix}{BRAIN_MASK}.nii.gz").dataobj) > 0
         xyz = candidates[["x", "y", "z"]].to_numpy(float)
-        patches = candidate_patches(image.get_fdata(dtype=np.float32), mask, image.affine, xyz, phase,
-                                    _paramagnetic_sign(anat, prefix))
-        if phase is None:
+        if scan.hpphase is None:
             patches = np.concatenate([patches, np.zeros_like(patches)], axis=1)
         counts = {verdict: int(sum(r == verdict for r in rated.ratings)) for verdict in ("accept", "reject", "unsure")}
         counts |= {"missed": len(rated.missed), "microbleeds": int((target == 1).sum())}
-        scans.append(RatedScan(prefix, phase is not None, xyz, patches, candidate_features(candidates, with_phase=True),
+        scans.append(RatedScan(prefix, scan.hpphase is not None, xyz, patches, candidate_features(candidates, with_phase=True),
                                target, scored, bleeds_xyz, bleeds_radius, voxel, counts))
     return scans
 
