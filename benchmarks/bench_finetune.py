@@ -76,7 +76,7 @@ def main() -> None:
     rows = []
     for choice in range(min(args.choices, len(labels) // args.rated)):
         rated = sorted(order[choice * args.rated:(choice + 1) * args.rated])
-        ratings, model_dir = args.work / f"ratings_{choice}", args.work / f"model_{choice}"
+        ratings, model_dir = args.work / f"ratings_{args.rated}x{choice}", args.work / f"model_{args.rated}x{choice}"
         write_ratings_from_truth(truth_dir, out, ratings, rated)
         if not model_dir.exists():
             started = time.perf_counter()

@@ -47,3 +47,12 @@ def test_module_imports_neither_torch_nor_ants(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [], f"importing {module} loads {result.stdout.strip()}"
+
+
+def test_the_subject_report_draws_without_matplotlib():
+    """Its figures are grey cuts with outlines (Pillow); matplotlib is for the cohort plots only."""
+    imports = " ".join(f"import {module};" for module in _IMPORT.findall(_rule_scripts()["subject_report"].read_text()))
+    result = subprocess.run([sys.executable, "-c", f"import sys; {imports} print('matplotlib' in sys.modules)"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -252,11 +252,13 @@ def write_cohort_report(
 
     ``subject_reports`` maps a subject/session label to its page, linked relative to ``out_html``.
     """
+    from cmbflow.report import plots  # matplotlib: the subject pages do without it
+
     table = pd.read_csv(summary)
     calls = pd.read_csv(detections)
     if "rating" in calls.columns:  # bleeds the raters found and the model missed are no calls
         calls = calls[calls["rating"] != "missed"]
-    figures.save_png(figures.cohort_figure(table, calls), out_png)
+    plots.save_cohort_figure(table, calls, out_png)
     labels = [row.participant_id + (f"_{row.session_id}" if _known(row.session_id) else "")
               for row in table.itertuples()]
     statuses = table["status"] if "status" in table.columns else pd.Series("ok", index=table.index)
@@ -265,7 +267,7 @@ def write_cohort_report(
              for lab, status in zip(labels, statuses) if lab in subject_reports and _ok(status)}
     flagged = [{"label": lab, "warnings": qc_warnings(row.to_dict())}
                for lab, (_, row) in zip(labels, table.iterrows())]
-    protocols = table.assign(protocol=figures.acquisition_groups(table)).groupby("protocol")["n_cmb"]
+    protocols = table.assign(protocol=plots.acquisition_groups(table)).groupby("protocol")["n_cmb"]
     by_protocol = [[name, str(len(v)), *(_display(float(stat)) for stat in (v.mean(), v.median(), v.max()))]
                    for name, v in protocols]
     region_columns = [c for c in ("region", "lobe", "hemisphere") if c in calls.columns]
