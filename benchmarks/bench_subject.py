@@ -32,9 +32,8 @@ VOXEL = (0.9, 0.9, 1.8)
 STAGES = [
     ("anatomy (N4, brain mask, affine registration)", "stages.prepare_anatomy('{d}/bids/sub-001/anat/sub-001_part-mag_T2starw.nii.gz', None, 'last', '{d}/n4.nii.gz', '{d}/n4.json', '{d}/mask.nii.gz', '{d}/mask.json', '{d}/xfm/x.mat', '{d}/xfm/x.json', '{d}/warped.nii.gz', '{d}/warped.json', 'sub-001')"),
     ("phase_preproc", "stages.preprocess_phase('{d}/n4.nii.gz', '{d}/bids/sub-001/anat/sub-001_part-phase_T2starw.nii.gz', '{d}/mask.nii.gz', 'last', '{d}/hp.nii.gz', '{d}/hp.json', '{d}/swi.nii.gz', '{d}/swi.json', PhaseConfig(), 'sub-001')"),
-    ("candidates (FRST + threshold/shape + features)", "stages.detect_candidates('{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/stage1.tsv', '{d}/stage1.json', CandidateParams(), -1, '{device}', 'sub-001')"),
     ("mars_atlas (once per run)", "write_mars_atlas('{d}/atlas.nii.gz', '{d}/atlas.tsv')"),
-    ("classify (CNN on every candidate; MNI position, MARS region)", "stages.classify_candidates('{d}/stage1.tsv', '{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/xfm/x.mat', '{d}/atlas.nii.gz', '{d}/cand.tsv', '{d}/cand.json', '{d}/cmb.tsv', '{d}/cmb.json', ClassifierConfig(), -1, '{device}', 'sub-001')"),
+    ("detect (candidates, CNN on every candidate; MNI position, MARS region)", "stages.detect_microbleeds('{d}/n4.nii.gz', '{d}/mask.nii.gz', '{d}/hp.nii.gz', '{d}/xfm/x.mat', '{d}/atlas.nii.gz', '{d}/cand.tsv', '{d}/cand.json', '{d}/cmb.tsv', '{d}/cmb.json', CandidateParams(), ClassifierConfig(), -1, '{device}', 'sub-001')"),
 ]
 
 # Peak RSS from VmHWM: unlike getrusage's ru_maxrss, it is not inherited from the parent.

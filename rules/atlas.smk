@@ -1,5 +1,5 @@
 # The Microbleed Anatomical Rating Scale regions as one MNI label volume, built once per run;
-# classify looks each candidate up in it.
+# detect looks each candidate up in it.
 from cmbflow.mars import ATLAS_NAME, ATLAS_TABLE
 
 

@@ -8,7 +8,7 @@ if CFG.analysis_level == "group":  # aggregate the subjects already processed, n
         key: subject
         for key, subject in SUBJECTS.items()
         if all(os.path.exists(p.format(**subject.wildcards))
-               for p in [rules.subject_report.output.metrics, *rules.classify.output])
+               for p in [rules.subject_report.output.metrics, *rules.detect.output])
     }
     if not SUBJECTS:
         raise InputError("group: no subject has finished outputs yet", path=OUT,
@@ -24,7 +24,7 @@ if CFG.ratings_dir is not None:
 rule cohort:
     input:
         summaries=expand_subjects(rules.subject_report.output.metrics),
-        detections=expand_subjects(rules.classify.output.calls),
+        detections=expand_subjects(rules.detect.output.calls),
         ratings=ratings_inputs,
     output:
         **COHORT_TABLES,

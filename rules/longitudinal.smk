@@ -8,7 +8,7 @@ rule longitudinal:
     input:
         mags=sessions_of(rules.anatomy.output.mag),
         masks=sessions_of(rules.anatomy.output.mask),
-        candidates=sessions_of(rules.classify.output.candidates),
+        candidates=sessions_of(rules.detect.output.candidates),
     output:
         tsv=f"{OUT}/sub-{{subject}}/anat/sub-{{subject}}_desc-longitudinal_detections.tsv",
         json=f"{OUT}/sub-{{subject}}/anat/sub-{{subject}}_desc-longitudinal_detections.json",

@@ -14,7 +14,7 @@ def write_partial_tables():
     if not SUBJECTS:  # e.g. snakemake train
         return
     summaries = expand_subjects(rules.subject_report.output.metrics)
-    outputs = dict(zip(SUBJECTS, zip(summaries, expand_subjects(rules.classify.output.calls))))
+    outputs = dict(zip(SUBJECTS, zip(summaries, expand_subjects(rules.detect.output.calls))))
     missing = write_partial_cohort_tables(outputs, f"{OUT}/logs", *PARTIAL_TABLES)
     print(
         f"cmbflow: {missing} of {len(outputs)} subjects have no results; cohort tables of the others, with "

@@ -12,9 +12,9 @@ rule subject_report:
         mask_json=rules.anatomy.output.mask_json,
         xfm_json=rules.anatomy.output.xfm_json,
         warped=rules.anatomy.output.warped,
-        candidates=rules.classify.output.candidates,
-        candidates_json=rules.classify.output.candidates_json,
-        calls=rules.classify.output.calls,
+        candidates=rules.detect.output.candidates,
+        candidates_json=rules.detect.output.candidates_json,
+        calls=rules.detect.output.calls,
     output:
         metrics=out(desc="qc", suffix="metrics.json"),
         html=subject_file("_report.html"),

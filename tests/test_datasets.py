@@ -21,9 +21,9 @@ pytestmark = pytest.mark.workflow
 # Output files of each layout (docs/inputs.md): a subject without a session as in a dataset
 # without sessions; a session's logs, benchmarks and report page in a ses-01/ subfolder.
 NO_SESSION = ["sub-001/anat/sub-001_desc-cmb_detections.tsv", "sub-001_report.html",
-              "logs/anatomy/sub-001.log", "benchmarks/classify/sub-001.tsv"]
+              "logs/anatomy/sub-001.log", "benchmarks/detect/sub-001.tsv"]
 SESSION = ["sub-002/ses-01/anat/sub-002_ses-01_desc-cmb_detections.tsv", "ses-01/sub-002_ses-01_report.html",
-           "logs/anatomy/ses-01/sub-002_ses-01.log", "benchmarks/classify/ses-01/sub-002_ses-01.tsv"]
+           "logs/anatomy/ses-01/sub-002_ses-01.log", "benchmarks/detect/ses-01/sub-002_ses-01.tsv"]
 
 
 @pytest.fixture(scope="module")
@@ -112,11 +112,11 @@ def test_swi_and_gre_file_names_with_the_example_config(tmp_path):
 
 @pytest.mark.dryrun  # no snakemake run: the partial cohort table's reading of a mixed dataset's logs
 def test_status_reads_a_sessions_logs_in_their_subfolder(tmp_path):
-    log = tmp_path / "logs" / "classify" / "ses-01" / "sub-002_ses-01.log"
+    log = tmp_path / "logs" / "detect" / "ses-01" / "sub-002_ses-01.log"
     log.parent.mkdir(parents=True)
     log.write_text("t t ERROR root: sub-002_ses-01: broken\n")
     assert subject_status("sub-002_ses-01", tmp_path / "none.json", tmp_path / "logs") == \
-        "failed in classify: sub-002_ses-01: broken"
+        "failed in detect: sub-002_ses-01: broken"
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +187,7 @@ def test_two_sessions_track_new_bleeds_and_a_later_session_reruns_only_its_subje
         wildcards = re.search(r"^\s*wildcards: (.*)$", body.split("\n\n", 1)[0], re.M)
         planned.add((rule, wildcards.group(1) if wildcards else ""))
     rules = {rule for rule, _ in planned}
-    assert {"anatomy", "candidates", "classify", "subject_report", "longitudinal", "cohort_longitudinal"} <= rules
-    assert rules <= {"anatomy", "phase_preproc", "candidates", "classify", "subject_report", "longitudinal", "cohort",
+    assert {"anatomy", "detect", "subject_report", "longitudinal", "cohort_longitudinal"} <= rules
+    assert rules <= {"anatomy", "phase_preproc", "detect", "subject_report", "longitudinal", "cohort",
                      "cohort_report", "cohort_longitudinal", "all"}
     assert all("subject=001" in wildcards for _, wildcards in planned if wildcards), planned

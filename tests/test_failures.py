@@ -45,10 +45,10 @@ def test_a_bug_keeps_its_traceback_in_the_log(tmp_path):
         raise KeyError("x")
 
     with pytest.raises(KeyError):
-        run_step(fake_job(tmp_path, "classify", "sub-03"), bug)
-    log = (tmp_path / "logs" / "classify" / "sub-03.log").read_text()
+        run_step(fake_job(tmp_path, "detect", "sub-03"), bug)
+    log = (tmp_path / "logs" / "detect" / "sub-03.log").read_text()
     assert "internal error (a bug; please report it with this log): KeyError" in log and "Traceback" in log
-    assert subject_status("sub-03", tmp_path / "none.json", tmp_path / "logs").startswith("failed in classify: internal error")
+    assert subject_status("sub-03", tmp_path / "none.json", tmp_path / "logs").startswith("failed in detect: internal error")
 
 
 def test_problem_found_at_start_up_fails_the_first_job(tmp_path):

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 # the two rules that can use one, as profiles/slurm shows a site how to ask (the node's is fake:
 # the work runs on the CPU, device=cpu by default).
 CLUSTER_ONLY = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
-                "--slurm-keep-successful-logs", "--set-resources", "candidates:gpu=1", "classify:gpu=1"]
+                "--slurm-keep-successful-logs", "--set-resources", "detect:gpu=1"]
 RUN_TIMEOUT_S = 1200
 
 # The per-subject SLURM jobs and their rules, as the profile groups them.

@@ -18,12 +18,12 @@ from cmbflow.errors import InputError
 #: 4D file included). Fitted to peak RSS measured at 3.5 and 11.9 million voxels and rounded up
 #: (benchmarks/RESULTS.md, "Memory against image size"); subject_summary and the cohort rule read
 #: no voxels. anatomy: the largest fixed and per-voxel parts of the three jobs it replaced (N4,
-#: brain mask, registration), which ran one after another.
+#: brain mask, registration), which ran one after another; detect: likewise of candidates
+#: (680, 20) and classify (1030, 12), its two stages.
 PEAK_MB: dict[str, tuple[float, float]] = {
     "anatomy": (760, 75),
     "phase_preproc": (560, 110),
-    "candidates": (680, 20),
-    "classify": (1030, 12),
+    "detect": (1030, 20),
 }
 
 

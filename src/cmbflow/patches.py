@@ -52,10 +52,26 @@ def sample_patches(
     of the image gets a patch that does not invent a dark border.
     """
     centres = np.asarray(centres_xyz, dtype=float).reshape(-1, 3)
-    if len(centres) == 0:
-        return np.zeros((0, size, size, size), dtype=np.float32)
+    return _sample_voxels(volume, _patch_voxels(affine, centres, size, extent_mm)).reshape(len(centres), *[size] * 3)
+
+
+def _patch_voxels(affine: npt.NDArray[np.float64], centres: npt.NDArray[np.float64], size: int = PATCH_SIZE,
+                  extent_mm: float = PATCH_MM) -> npt.NDArray[np.float64]:
+    """Voxel coordinates (3, n * size^3) of the patches' sample points, for every channel alike."""
     points = centres[:, None, :] + patch_offsets_mm(size, extent_mm)[None]
-    return sample_world(volume, affine, points.reshape(-1, 3)).reshape(len(centres), size, size, size)
+    return _world_to_voxel(affine, points.reshape(-1, 3))
+
+
+def _world_to_voxel(affine: npt.NDArray[np.float64], points_xyz: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Voxel coordinates (3, N), C-contiguous as map_coordinates reads them, of world points (N, 3)."""
+    inverse = np.linalg.inv(affine)
+    return np.ascontiguousarray((np.asarray(points_xyz, dtype=float) @ inverse[:3, :3].T + inverse[:3, 3]).T)
+
+
+def _sample_voxels(volume: npt.NDArray[np.floating], voxels: npt.NDArray[np.float64], order: int = 1,
+                   mode: str = "nearest", cval: float = 0.0) -> npt.NDArray[np.float32]:
+    values = ndimage.map_coordinates(np.asarray(volume, dtype=np.float32), voxels, order=order, mode=mode, cval=cval)
+    return values.astype(np.float32, copy=False)
 
 
 def sample_world(
@@ -67,10 +83,7 @@ def sample_world(
     cval: float = 0.0,
 ) -> npt.NDArray[np.float32]:
     """Values of ``volume`` at world points (N, 3, RAS+ mm), interpolated with spline ``order``."""
-    inverse = np.linalg.inv(affine)
-    voxel = np.asarray(points_xyz, dtype=float) @ inverse[:3, :3].T + inverse[:3, 3]
-    values = ndimage.map_coordinates(np.asarray(volume, dtype=np.float32), voxel.T, order=order, mode=mode, cval=cval)
-    return values.astype(np.float32)
+    return _sample_voxels(volume, _world_to_voxel(affine, points_xyz), order, mode, cval)
 
 
 def magnitude_reference(magnitude: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_]) -> float:
@@ -91,10 +104,13 @@ def candidate_patches(
     paramagnetic_sign: int = -1,
 ) -> npt.NDArray[np.float32]:
     """Classifier input (n, channels, S, S, S): magnitude, plus signed phase when given."""
-    mag = sample_patches(magnitude, affine, centres_xyz) / magnitude_reference(magnitude, mask)
+    centres = np.asarray(centres_xyz, dtype=float).reshape(-1, 3)
+    voxels = _patch_voxels(affine, centres)  # the same points in every channel: computed once
+    shape = (len(centres), *[PATCH_SIZE] * 3)
+    mag = _sample_voxels(magnitude, voxels).reshape(shape) / magnitude_reference(magnitude, mask)
     channels = [np.clip(mag, 0.0, _MAGNITUDE_CLIP)]
     if hp_phase is not None:
-        phase = paramagnetic_sign * sample_patches(hp_phase, affine, centres_xyz)
+        phase = paramagnetic_sign * _sample_voxels(hp_phase, voxels).reshape(shape)
         channels.append(np.clip(phase, -np.pi, np.pi) / np.pi)
     return np.stack(channels, axis=1).astype(np.float32)
 

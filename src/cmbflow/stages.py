@@ -19,6 +19,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
@@ -36,7 +37,6 @@ from cmbflow.derivatives import (
 from cmbflow.detections import (
     CLASSIFIER_FIELDS,
     locate_detections,
-    read_detections,
     superseded,
     write_detections,
 )
@@ -50,6 +50,10 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +169,18 @@ def preprocess_phase(
                        Description="susceptibility-weighted image (magnitude x phase mask^power)"), out_swi_json)
 
 
+def _find_candidates(img: nib.Nifti1Image, mask: np.ndarray, hp: np.ndarray | None, params: CandidateParams,
+                     paramagnetic_sign: int, torch_device: torch.device, label: str) -> pd.DataFrame:
+    """Stage 1's table: every candidate with its features (probability and its sd n/a)."""
+    from cmbflow.candidates import find_candidates
+
+    table = find_candidates(img, mask, hp, params, device=torch_device, paramagnetic_sign=paramagnetic_sign)
+    table.insert(6, "probability", np.nan)
+    table.insert(7, "probability_sd", np.nan)
+    log.info("%s: %d candidates on %s", label, len(table), torch_device)
+    return table
+
+
 def detect_candidates(
     image: str | Path,
     mask: str | Path,
@@ -176,18 +192,13 @@ def detect_candidates(
     device: str,
     label: str,
 ) -> None:
-    """Stage 1: every candidate with its features (not yet classified: probability and its sd n/a)."""
-    from cmbflow.candidates import find_candidates
+    """Stage 1 alone, written as a table (training data: :func:`run_stage1`)."""
     from cmbflow.frst import resolve_device
 
     img = load_image(image, subject=label)
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
     torch_device = resolve_device(device)
-    table = find_candidates(img, _mask(mask, label), hp, params, device=torch_device,
-                            paramagnetic_sign=paramagnetic_sign)
-    table.insert(6, "probability", np.nan)
-    table.insert(7, "probability_sd", np.nan)
-    log.info("%s: %d candidates on %s", label, len(table), torch_device)
+    table = _find_candidates(img, _mask(mask, label), hp, params, paramagnetic_sign, torch_device, label)
     write_detections(
         table, out_tsv, out_json,
         description="Microbleed candidates (stage 1: radial symmetry + threshold/shape) with features",
@@ -196,8 +207,7 @@ def detect_candidates(
     )
 
 
-def classify_candidates(
-    stage1: str | Path,
+def detect_microbleeds(
     image: str | Path,
     mask: str | Path,
     hpphase: str | Path | None,
@@ -207,14 +217,16 @@ def classify_candidates(
     out_candidates_json: str | Path,
     out_calls: str | Path,
     out_calls_json: str | Path,
-    params: ClassifierConfig,
+    candidate_params: CandidateParams,
+    classifier_params: ClassifierConfig,
     paramagnetic_sign: int,
     device: str,
     label: str,
 ) -> None:
-    """Stage 2: the CNN's microbleed probability for every candidate, and ``is_cmb`` above threshold
-    (of candidates within :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable); then
-    where each lies, as the final tables are written (:func:`cmbflow.detections.locate_detections`).
+    """Both stages on images read once: the candidates (stage 1), then the CNN's microbleed
+    probability for every one of them and ``is_cmb`` above threshold (of candidates within
+    :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable); then where each lies, as the
+    final tables are written (:func:`cmbflow.detections.locate_detections`).
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
@@ -222,14 +234,15 @@ def classify_candidates(
     from cmbflow.model import load_classifier
     from cmbflow.patches import candidate_features, candidate_patches
 
-    table = read_detections(stage1)
     img = load_image(image, subject=label)
+    brain = _mask(mask, label)
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
-    classifier = load_classifier(params.model_dir, has_phase=hp is not None, threshold=params.threshold)
+    classifier = load_classifier(classifier_params.model_dir, has_phase=hp is not None,
+                                 threshold=classifier_params.threshold)
     torch_device = resolve_device(device)
+    table = _find_candidates(img, brain, hp, candidate_params, paramagnetic_sign, torch_device, label)
     centres = table[["x", "y", "z"]].to_numpy(float)
-    patches = candidate_patches(img.get_fdata(dtype=np.float32), _mask(mask, label), img.affine, centres, hp,
-                                paramagnetic_sign)
+    patches = candidate_patches(img.get_fdata(dtype=np.float32), brain, img.affine, centres, hp, paramagnetic_sign)
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"], table["probability_sd"] = classifier.predict_with_spread(patches, features, torch_device)
     table["superseded"] = superseded(centres, table["probability"])
@@ -238,7 +251,6 @@ def classify_candidates(
              label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)
     about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
                                          torch_device.type, classifier.weights_sha256)))
-    # The stage-1 table is temporary: name its sources instead.
     sources = sidecar([], [image, mask] + ([hpphase] if hpphase else []) + [xfm])
     locate_detections(table, xfm, atlas, out_candidates, out_candidates_json, out_calls, out_calls_json,
                       **sources, **about)

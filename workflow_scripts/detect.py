@@ -1,11 +1,10 @@
-from cmbflow.config import ClassifierConfig
-from cmbflow.stages import classify_candidates
+from cmbflow.config import CandidateParams, ClassifierConfig
+from cmbflow.stages import detect_microbleeds
 from cmbflow.step import run_step
 
 run_step(
     snakemake,
-    classify_candidates,
-    stage1=snakemake.input.stage1,
+    detect_microbleeds,
     image=snakemake.input.image,
     mask=snakemake.input.mask,
     hpphase=snakemake.input.get("hpphase"),
@@ -15,7 +14,8 @@ run_step(
     out_candidates_json=snakemake.output.candidates_json,
     out_calls=snakemake.output.calls,
     out_calls_json=snakemake.output.calls_json,
-    params=ClassifierConfig(**snakemake.params.classifier),
+    candidate_params=CandidateParams(**snakemake.params.candidates),
+    classifier_params=ClassifierConfig(**snakemake.params.classifier),
     paramagnetic_sign=snakemake.params.paramagnetic_sign,
     device=snakemake.params.device,
     label=snakemake.params.label,
