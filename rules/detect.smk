@@ -4,6 +4,8 @@
 # model's threshold. The final tables give each candidate's MNI position (the subject's
 # registration) and MARS region. One job: nothing else reads the stage-1 table, and one process
 # reads the images and imports torch once. Runs on a GPU when there is one (config: device).
+# One thread: given 2, the two stages kept 1.0 and 1.3 cores busy on average (benchmarks/RESULTS.md),
+# and a job holding both cores stops the scheduler running another subject's job beside it.
 
 
 rule detect:
@@ -27,7 +29,7 @@ rule detect:
         log_path("detect"),
     benchmark:
         benchmark_path("detect"),
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=20,
