@@ -32,6 +32,8 @@ rule cohort:
         ratings_dir=CFG.ratings_dir and str(CFG.ratings_dir),
     log:
         f"{OUT}/logs/cohort.log",
+    benchmark:
+        f"{OUT}/benchmarks/cohort.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -77,6 +79,8 @@ rule dataset_description:
         bids_dir=str(CFG.bids_dir),
     log:
         f"{OUT}/logs/dataset_description.log",
+    benchmark:
+        f"{OUT}/benchmarks/dataset_description.tsv"
     threads: 1
     resources:
         mem_mb=200,
