@@ -4,8 +4,9 @@
 # model's threshold. The final tables give each candidate's MNI position (the subject's
 # registration) and MARS region. One job: nothing else reads the stage-1 table, and one process
 # reads the images and imports torch once. Runs on a GPU when there is one (config: device).
-# One thread: given 2, the two stages kept 1.0 and 1.3 cores busy on average (benchmarks/RESULTS.md),
-# and a job holding both cores stops the scheduler running another subject's job beside it.
+# Two threads, although the two stages keep only 1.0 and 1.3 cores busy (benchmarks/RESULTS.md): on
+# one, the detect jobs of a SLURM bundle (--group-components) run side by side and the bundle asks
+# for one GPU per subject.
 
 
 rule detect:
@@ -29,7 +30,7 @@ rule detect:
         log_path("detect"),
     benchmark:
         benchmark_path("detect"),
-    threads: 1
+    threads: 2
     resources:
         mem_mb=3000,
         runtime=20,
