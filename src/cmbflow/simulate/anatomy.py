@@ -317,22 +317,27 @@ def place_veins(
 ) -> list[Vein]:
     """Cortical veins along the surface and medullary veins running radially through white matter.
 
-    Half are started heading along B0 (world z), half across it, so both field patterns occur.
-    Veins keep clear of lesions and of each other.
+    A third are started heading along B0 (world z), a third across it and a third at any angle,
+    so that both extreme field patterns and everything between occur. Veins keep clear of lesions
+    and of each other.
     """
     rotation = world_from_mni[:3, :3] / params.head_scale
     scale = params.head_scale
     veins: list[Vein] = []
     for _ in range(params.n_veins):
         kind = "cortical" if rng.random() < 0.6 else "medullary"
-        along_b0 = rng.random() < 0.5
-        if along_b0:
+        start = rng.choice(3)
+        if start == 0:
             world_dir = np.array([0.0, 0.0, 1.0])
-        else:
+        elif start == 1:
             angle = rng.uniform(0, 2 * np.pi)
             world_dir = np.array([np.cos(angle), np.sin(angle), 0.0])
+        else:
+            world_dir = rng.standard_normal(3)
+            world_dir /= np.linalg.norm(world_dir)
         direction = rotation.T @ world_dir  # the same direction in MNI space
-        diameter = round(float(rng.uniform(0.8, 1.5) if kind == "cortical" else rng.uniform(0.6, 1.0)), 3)
+        diameters = params.cortical_vein_diameter_mm if kind == "cortical" else params.medullary_vein_diameter_mm
+        diameter = round(float(rng.uniform(*diameters)), 3)
         chi = round(float(rng.uniform(*params.vein_chi_ppm)), 4)
         length = float(rng.uniform(30, 55) if kind == "cortical" else rng.uniform(15, 30))
         for _ in range(tries):

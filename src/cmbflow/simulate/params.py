@@ -43,6 +43,8 @@ class SubjectParams:
     calcification_diameter_mm: tuple[float, float] = (1.5, 4.0)
     calcification_chi_ppm: tuple[float, float] = (-0.6, -0.1)
     vein_chi_ppm: tuple[float, float] = (0.3, 0.45)
+    cortical_vein_diameter_mm: tuple[float, float] = (0.8, 1.5)
+    medullary_vein_diameter_mm: tuple[float, float] = (0.6, 1.0)
     deep_gm_chi_ppm: float = 0.1  # iron in basal ganglia and thalamus
     bias_amplitude: float = 0.2  # largest |log| of the multiplicative bias field in the head
     background_phase_rad: float = 15.0  # spread (1st-99th percentile) of the background phase in brain
@@ -103,7 +105,8 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     ``diverse``: wide ranges of resolution, field, TE, SNR, orientation and units; ~20 %
     magnitude-only (the validation cohort of the classifier: it has to cope with any of it).
     ``training``: ``diverse`` with more microbleeds, calcifications and veins per scan, so that
-    each simulated scan gives the classifier more examples of each kind.
+    each simulated scan gives the classifier more examples of each kind, and wider ranges of vein
+    size and susceptibility and of deep-grey-matter iron (mimics it must know beyond the validation's).
     ``site``: one site outside the training ranges, for adapting the classifier to it (``cmbflow
     finetune``): 3 T, 1.1-1.25 mm in-plane and 3.2-3.6 mm slices (veins crossing them look like
     dots), long TE, low SNR, more veins of higher susceptibility, more iron in deep grey matter,
@@ -119,6 +122,10 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
             n_cmb=int(rng.integers(5, 26)),
             n_calcifications=int(rng.integers(1, 7)),
             n_veins=int(rng.integers(10, 21)),
+            vein_chi_ppm=(0.25, 0.55),
+            cortical_vein_diameter_mm=(0.6, 3.0),
+            medullary_vein_diameter_mm=(0.5, 1.6),
+            deep_gm_chi_ppm=_uniform(rng, 0.03, 0.25),
         )
     if preset == "tiny":
         orientation = _axial_orientation(rng, ("RAS", "LAS", "LPS"))

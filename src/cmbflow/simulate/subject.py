@@ -32,6 +32,7 @@ from cmbflow.image import b0_direction_voxel, ijk_to_xyz, xyz_to_ijk
 from cmbflow.simulate import physics
 from cmbflow.simulate.anatomy import Lesion, MniCanvas, Vein, mni_canvas, place_lesions, place_veins
 from cmbflow.simulate.geometry import MNI_HEAD_CENTRE, acquisition_grid, world_from_mni
+from cmbflow.simulate.nuclei import IronNucleus, draw_nuclei, iron_map
 from cmbflow.simulate.params import SubjectParams
 
 #: Largest edge (mm) of the sub-voxels over which the signal is averaged near lesions and veins.
@@ -72,6 +73,7 @@ class Anatomy:
     layers_mm: dict[str, float]  # CSF rim, skull and scalp thickness
     lesions: list[Lesion]  # in the order of their track ids (1, 2, ...)
     veins: list[Vein]
+    nuclei: list[IronNucleus]  # both sides of every iron-rich nucleus
 
 
 def simulate_subject(params: SubjectParams, rng: np.random.Generator) -> SimulatedSubject:
@@ -92,7 +94,8 @@ def draw_anatomy(params: SubjectParams, rng: np.random.Generator) -> Anatomy:
         "scalp": round(float(rng.uniform(4.0, 8.0)), 3),
     }
     lesions = place_lesions(canvas, params, rng)
-    return Anatomy(layers_mm, lesions, place_veins(canvas, params, lesions, world_from_mni(params), rng))
+    veins = place_veins(canvas, params, lesions, world_from_mni(params), rng)
+    return Anatomy(layers_mm, lesions, veins, draw_nuclei(rng))
 
 
 def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Generator) -> SimulatedSubject:
@@ -113,7 +116,7 @@ def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Genera
     affine, shape = acquisition_grid(params, _apply(head, points), multiple_of=tuple(block))
 
     world = _world_coordinates(affine, shape)
-    fractions = _tissue_fractions(canvas, head, affine, shape, layers_mm, scale)
+    fractions, iron = _tissue_fractions(canvas, head, affine, shape, layers_mm, scale, anatomy.nuclei)
     air_centres = [(_apply(head, np.asarray([c]))[0], r * scale) for c, r in AIR_CAVITIES_MNI]
     air_field = np.zeros(shape, np.float32)
     for centre, radius in air_centres:
@@ -128,14 +131,15 @@ def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Genera
     b0_grid = b0_direction_voxel(affine)
     rad_per_ppm = physics.phase_per_ppm(params.b0_tesla, params.te_s, params.paramagnetic_sign)
     brain = fractions["brain"] >= 0.5
-    tissue_field = _tissue_field(fractions, params, vs, block, b0_grid)
+    tissue_field = _tissue_field(fractions, iron, params, vs, block, b0_grid)
     background = _polynomial(world, head, background_coeffs)
     spread = np.subtract(*np.percentile(background[brain][::7], [99, 1]))
     background *= np.float32(params.background_phase_rad / (abs(rad_per_ppm) * max(spread, 1e-6)))
     smooth_field = tissue_field + air_field + background
     del tissue_field, air_field, background
 
-    tissue_signal = _tissue_signal(fractions, params, rad_per_ppm)
+    tissue_signal = _tissue_signal(fractions, iron, params, rad_per_ppm)
+    del iron
     signal = tissue_signal * np.exp(1j * np.float32(rad_per_ppm) * smooth_field).astype(np.complex64)
     signal *= _intravoxel_dephasing(smooth_field, rad_per_ppm)
     fine = _FineRegion(shape, vs, b0_grid, params)
@@ -179,6 +183,7 @@ def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Genera
         "n_calcifications": int((truth["kind"] == "calcification").sum()),
         "n_veins": len(veins),
         "veins": [_vein_record(v, head) for v in veins],
+        "iron_nuclei": [_nucleus_record(n, head) for n in anatomy.nuclei],
         "brain_volume_ml": round(float(brain.sum() * np.prod(vs)) / 1000.0, 3),
     }
     return SimulatedSubject(params, magnitude, phase, affine, brain.astype(np.uint8), truth, realised)
@@ -205,8 +210,10 @@ def _tissue_fractions(
     shape: tuple[int, int, int],
     layers_mm: dict[str, float],
     scale: float,
-) -> dict[str, npt.NDArray[np.float32]]:
-    """Partial-volume fraction of every tissue class in every acquisition voxel."""
+    nuclei: list[IronNucleus],
+) -> tuple[dict[str, npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
+    """Partial-volume fraction of every tissue class in every acquisition voxel, and the iron of
+    the deep nuclei there (ppm; in tissue only)."""
     index_map = np.linalg.inv(canvas.affine) @ np.linalg.inv(head) @ affine
 
     def resample(volume: npt.NDArray[np.float32], cval: float = 0.0) -> npt.NDArray[np.float32]:
@@ -215,6 +222,8 @@ def _tissue_fractions(
     brain = resample(canvas.brain)
     gm, wm, deep = resample(canvas.gm), resample(canvas.wm), resample(canvas.deep_gm)
     sdist = resample(canvas.sdist, cval=1000.0)
+    iron = iron_map(canvas.origin_mm, canvas.resolution_mm, canvas.gm.shape, nuclei)
+    iron = resample(iron * np.clip(canvas.gm + canvas.wm, 0, 1))
     outside = 1.0 - brain
     edges = np.cumsum([layers_mm["csf_rim"], layers_mm["skull"], layers_mm["scalp"]]) / scale
     within = [np.clip((edge - sdist) / canvas.resolution_mm + 0.5, 0, 1) for edge in edges]
@@ -226,18 +235,19 @@ def _tissue_fractions(
         "csf": np.clip(brain - gm - wm, 0, None) + outside * within[0],
         "skull": outside * (within[1] - within[0]),
         "scalp": outside * (within[2] - within[1]),
-    }
+    }, iron
 
 
 def _tissue_field(
     fractions: dict[str, npt.NDArray[np.float32]],
+    iron: npt.NDArray[np.float32],
     params: SubjectParams,
     vs: npt.NDArray[np.float64],
     block: npt.NDArray[np.int_],
     b0_grid: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float32]:
     """Field (ppm) of the tissue susceptibility, convolved on a coarser grid in the acquisition axes."""
-    chi = fractions["deep_gm"] * np.float32(params.deep_gm_chi_ppm)
+    chi = fractions["deep_gm"] * np.float32(params.deep_gm_chi_ppm) + iron
     for name in ("wm", "gm", "csf", "skull", "scalp"):
         chi += fractions[name] * np.float32(physics.TISSUES[name].chi_ppm)
     b = block
@@ -269,9 +279,13 @@ def _normalised(values: npt.NDArray[np.float32], mask: npt.NDArray[np.bool_]) ->
 
 
 def _tissue_signal(
-    fractions: dict[str, npt.NDArray[np.float32]], params: SubjectParams, rad_per_ppm: float
+    fractions: dict[str, npt.NDArray[np.float32]],
+    iron: npt.NDArray[np.float32],
+    params: SubjectParams,
+    rad_per_ppm: float,
 ) -> npt.NDArray[np.complex64]:
-    """Complex GRE signal of the voxel's tissue mixture before any field (fat carries its shift)."""
+    """Complex GRE signal of the voxel's tissue mixture before any field (fat carries its shift;
+    the nuclei's iron its extra R2*)."""
     te, b0 = params.te_s, params.b0_tesla
     signal = np.zeros(fractions["brain"].shape, np.complex64)
     for name in ("wm", "gm", "csf", "skull", "scalp"):
@@ -283,6 +297,7 @@ def _tissue_signal(
     deep = physics.TISSUES["deep_gm"]
     r2_deep = physics.r2star(deep.r2star_3t + physics.IRON_R2STAR_PER_PPM_3T * params.deep_gm_chi_ppm, b0)
     signal += fractions["deep_gm"] * np.complex64(deep.m0 * np.exp(-te * r2_deep))
+    signal *= np.exp(np.float32(-te) * physics.r2star(physics.IRON_R2STAR_PER_PPM_3T * iron, b0)).astype(np.float32)
     return signal
 
 
@@ -507,6 +522,19 @@ def _vein_record(vein: Vein, head: npt.NDArray[np.float64]) -> dict:
         "length_mm": round(float(lengths.sum()), 3),
         "mean_angle_to_b0_deg": round(float(np.degrees(np.arccos(cos_b0)).mean()), 2),
         "points_xyz": np.round(points, 2).tolist(),
+    }
+
+
+def _nucleus_record(nucleus: IronNucleus, head: npt.NDArray[np.float64]) -> dict:
+    """Where an iron nucleus lies in the scanner (world mm) and in MNI, with its size and iron."""
+    xyz = _apply(head, np.asarray([nucleus.centre_mni]))[0]
+    return {
+        "name": nucleus.name,
+        "side": nucleus.side,
+        "xyz": np.round(xyz, 3).tolist(),
+        "mni": list(nucleus.centre_mni),
+        "semi_axes_mm": list(nucleus.semi_axes_mm),
+        "chi_ppm": nucleus.chi_ppm,
     }
 
 
