@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from cmbflow.errors import InputError
-from cmbflow.evaluate import (detection_metrics, evaluate_labels, evaluate_outputs, froc, froc_curve, mask_lesions,
-                              match_detections, plot_froc)
+from cmbflow.evaluate import (_Scan, calibration, detection_metrics, evaluate_labels, evaluate_outputs, froc,
+                              froc_curve, mask_lesions, match_detections, nucleus_false_calls, plot_froc)
 from cmbflow.mars import ATLAS_NAME
 
 VOXEL = (0.9, 0.9, 1.8)  # tolerance = radius + 1.8 mm
@@ -77,6 +77,27 @@ def test_froc_by_hand() -> None:
     assert curve["fp_per_scan"].tolist() == pytest.approx([0, 0, 0, 1.5, 1.5])
     summary = froc(probs, dets, truth, radii, [VOXEL, VOXEL])
     assert summary == pytest.approx({0.5: 2 / 3, 1.0: 2 / 3, 2.0: 1.0, 4.0: 1.0})
+
+
+def test_calibration_by_hand() -> None:
+    # Bin 0.0-0.1: 4 at p .05, none bleeds (gap .05); bin 0.9-1.0: 4 at p .95, 2 bleeds (gap .45).
+    fit = calibration([0.05] * 4 + [0.95] * 4, [0, 0, 0, 0, 1, 1, 0, 0])
+    assert fit["ece"] == pytest.approx((4 * 0.05 + 4 * 0.45) / 8)
+    assert fit["ece_above_0.1"] == pytest.approx(0.45)
+    assert [b["candidates"] for b in fit["bins"]] == [4, 0, 0, 0, 0, 0, 0, 0, 0, 4]
+    assert fit["bins"][9]["fraction_bleeds"] == 0.5 and math.isnan(fit["bins"][5]["mean_probability"])
+    assert calibration([0.0, 1.0], [0, 1])["ece"] == 0.0
+
+
+def test_false_calls_are_counted_at_the_nearest_iron_nucleus() -> None:
+    calls = pd.DataFrame({"x": [5.0, -5.5, 20.0, 60.0], "y": [-20.0, -20.0, 0.0, 0.0], "z": [-9.0, -9.0, 0.0, 0.0]})
+    truth = pd.DataFrame({"x": [20.0], "y": [0.0], "z": [0.0], "radius_mm": [1.5]})
+    nuclei = tuple({"name": "red_nucleus", "side": side, "xyz": [x, -20.0, -9.0], "semi_axes_mm": [3, 3.5, 3.5]}
+                   for side, x in (("R", 5.0), ("L", -5.0)))
+    match = match_detections(calls[["x", "y", "z"]].to_numpy(), truth[["x", "y", "z"]].to_numpy(), [1.5], VOXEL)
+    scan = _Scan("sub-1", truth, calls, calls, np.asarray(VOXEL), True, match, match, nuclei)
+    # Both red nuclei called; the true bleed and the call far from any nucleus are not counted.
+    assert nucleus_false_calls(scan) == {"red_nucleus": 2}
 
 
 def test_froc_rejects_mismatched_lengths() -> None:

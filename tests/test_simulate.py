@@ -154,6 +154,22 @@ def test_each_lesion_is_a_dark_spot_centred_on_its_truth_position(subject):
         assert np.linalg.norm(centre - xyz) < 1.5, row
 
 
+def test_iron_nuclei_are_bilateral_dark_paramagnetic_spots_where_the_truth_says(subject):
+    """Every nucleus both sides, recorded in world mm; the red nuclei darken the magnitude."""
+    nuclei = subject.realised["iron_nuclei"]
+    names = {n["name"] for n in nuclei}
+    assert {"red_nucleus", "substantia_nigra", "dentate", "globus_pallidus", "putamen", "caudate",
+            "pulvinar"} <= names
+    assert all(sorted(n["side"] for n in nuclei if n["name"] == name) == ["L", "R"] for name in names)
+    head = np.asarray(subject.realised["world_from_mni"])
+    for n in nuclei:
+        assert np.allclose(head[:3, :3] @ n["mni"] + head[:3, 3], n["xyz"], atol=1e-2)
+        assert np.sign(n["mni"][0]) == (1 if n["side"] == "R" else -1) and n["chi_ppm"] > 0
+    for n in (n for n in nuclei if n["name"] == "red_nucleus"):
+        core, _, _ = neighbourhood(subject.magnitude, subject.affine, n["xyz"], 1.5)
+        assert np.median(core) < 0.85 * local_tissue(subject.magnitude, subject.affine, n["xyz"]), n
+
+
 @pytest.fixture(scope="module")
 def subject_without_lesion_fields():
     """The same subject and noise, but lesions with no susceptibility (their R2* is kept)."""

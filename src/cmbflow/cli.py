@@ -44,7 +44,8 @@ def run_evaluate(argv: list[str]) -> int:
         prog="cmbflow evaluate",
         description="Compare workflow outputs with simulated ground truth or manual labels (points, lesion masks "
         "or raters' ratings; docs/evaluation.md): sensitivity, precision, FP per scan, FROC, candidate recall, "
-        "per-region sensitivity; overall and split by whether the scan's phase was used.",
+        "per-region sensitivity, calibration (ECE), false calls at simulated iron nuclei; overall and split by "
+        "whether the scan's phase was used.",
     )
     parser.add_argument("reference", type=Path,
                         help="the simulator's derivatives/simulation folder, or with --labels the manual labels")
@@ -69,6 +70,12 @@ def run_evaluate(argv: list[str]) -> int:
     if "per_region" in result:
         print("per region: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})"
                                          for k, v in result["per_region"].items()))
+    fit = result["calibration"]
+    print(f"calibration of the candidates' probability: ECE {fit['ece']:.3f} ({fit['candidates']} candidates), "
+          f"{fit['ece_above_0.1']:.3f} over those >= 0.1")
+    if "false_calls_at_iron_nuclei" in result:
+        at = result["false_calls_at_iron_nuclei"]
+        print("false calls at iron nuclei: " + (", ".join(f"{k} {v}" for k, v in sorted(at.items())) or "none"))
     if "region_accuracy" in result:
         located = result["region_accuracy"]
         print(f"region of matched calls = atlas region of the true position: {located['accuracy']:.3f} "

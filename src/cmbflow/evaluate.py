@@ -10,7 +10,8 @@ The reference is a simulator's ground truth (:func:`evaluate_outputs`) or manual
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -39,6 +40,10 @@ POINT_RADIUS_MM = 2.0
 MASK_SUFFIXES = ("_CMB.nii.gz", "_CMB.nii", "_desc-cmb_mask.nii.gz", "_desc-cmb_mask.nii")
 #: A single points table for the whole cohort (when LABELS is a file rather than a folder).
 POINTS_COLUMNS = ("participant_id", "x", "y", "z")
+#: Equal-width probability bins of the reliability table and the expected calibration error.
+CALIBRATION_BINS = 10
+#: A call this close (mm) to a simulated iron nucleus's extent is a call at that nucleus.
+NUCLEUS_MARGIN_MM = 2.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,47 @@ def detection_metrics(matches: Sequence[Match]) -> dict[str, float]:
     }
 
 
+def near_truth(
+    detections_xyz: npt.ArrayLike, truth_xyz: npt.ArrayLike, truth_radius_mm: npt.ArrayLike,
+    voxel_size_mm: Sequence[float],
+) -> npt.NDArray[np.bool_]:
+    """Whether each detection lies within matching tolerance of some true lesion (not one to one)."""
+    det, truth = _points(detections_xyz), _points(truth_xyz)
+    if not len(det) or not len(truth):
+        return np.zeros(len(det), dtype=bool)
+    radius = np.broadcast_to(np.asarray(truth_radius_mm, dtype=float), (len(truth),))
+    dist = np.linalg.norm(det[:, None, :] - truth[None, :, :], axis=-1)
+    return (dist <= (radius + float(np.max(voxel_size_mm)))[None, :]).any(axis=1)
+
+
+def calibration(probability: npt.ArrayLike, is_bleed: npt.ArrayLike, bins: int = CALIBRATION_BINS) -> dict:
+    """How far the probabilities are from the observed frequencies of bleeds.
+
+    Per equal-width bin: the number of candidates, their mean probability and the fraction that
+    are bleeds (the reliability diagram as a table); ``ece`` is the count-weighted mean of
+    |mean probability - fraction|; ``ece_above_0.1`` the same over the candidates of probability
+    >= 0.1 only (most candidates are obvious negatives near 0, which make the whole-set ECE small).
+    """
+    p, y = np.asarray(probability, dtype=float).ravel(), np.asarray(is_bleed, dtype=bool).ravel()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        members = index == b
+        n = int(members.sum())
+        rows.append({"low": round(float(edges[b]), 6), "high": round(float(edges[b + 1]), 6), "candidates": n,
+                     "mean_probability": float(p[members].mean()) if n else float("nan"),
+                     "fraction_bleeds": float(y[members].mean()) if n else float("nan")})
+
+    def ece(keep: npt.NDArray[np.bool_]) -> float:
+        gaps = [abs(p[keep & (index == b)].mean() - y[keep & (index == b)].mean()) * (keep & (index == b)).sum()
+                for b in range(bins) if (keep & (index == b)).any()]
+        return float(sum(gaps) / keep.sum()) if keep.any() else float("nan")
+
+    return {"candidates": int(len(p)), "bleeds": int(y.sum()), "ece": ece(np.ones(len(p), bool)),
+            "ece_above_0.1": ece(p >= 0.1), "bins": rows}
+
+
 def froc_curve(
     probabilities: Sequence[npt.ArrayLike],
     detections_xyz: Sequence[npt.ArrayLike],
@@ -185,10 +231,7 @@ def froc_curve(
         if len(prob) != len(det):
             raise ValueError(f"{len(prob)} probabilities for {len(det)} detections")
         radius = np.broadcast_to(np.asarray(radius, dtype=float), (len(truth),))
-        near = np.zeros(len(det), dtype=bool)
-        if len(truth) and len(det):
-            dist = np.linalg.norm(det[:, None, :] - truth[None, :, :], axis=-1)
-            near = (dist <= (radius + float(np.max(sizes)))[None, :]).any(axis=1)
+        near = near_truth(det, truth, radius, sizes)
         scans.append((prob, det, truth, radius, sizes, near))
     n_lesions = sum(len(s[2]) for s in scans)
     thresholds = np.unique(np.concatenate([s[0][s[5]] for s in scans] + [np.zeros(0)]))[::-1]
@@ -241,6 +284,7 @@ class _Scan:
     has_phase: bool
     calls_match: Match
     candidates_match: Match
+    nuclei: tuple[dict, ...] = ()  # simulated iron nuclei (name, side, xyz, semi_axes_mm), if known
 
 
 def _scan(name: str, folder: Path, truth: pd.DataFrame, unknown_xyz: npt.ArrayLike = ()) -> _Scan:
@@ -278,7 +322,28 @@ def _load_scan(truth_tsv: Path, truth_dir: Path, output_dir: Path) -> _Scan | No
         return None
     truth = pd.read_csv(truth_tsv, sep="\t")
     truth = truth[truth["kind"] == "cmb"].reset_index(drop=True)
-    return _scan(prefix, folder, truth.assign(radius_mm=truth["diameter_mm"] / 2))
+    scan = _scan(prefix, folder, truth.assign(radius_mm=truth["diameter_mm"] / 2))
+    params = truth_tsv.with_name(f"{prefix}_desc-truth_params.json")
+    nuclei = json.loads(params.read_text()).get("iron_nuclei", []) if params.exists() else []
+    return replace(scan, nuclei=tuple(nuclei))
+
+
+def nucleus_false_calls(scan: _Scan) -> dict[str, int]:
+    """False calls at each simulated iron nucleus (within its largest semi-axis plus a margin of
+    its centre), by nucleus name; a call is counted at the nearest such nucleus only."""
+    false_xyz = _xyz(scan.calls)[scan.calls_match.unmatched_detections]
+    if not scan.nuclei or not len(false_xyz):
+        return {}
+    centres = np.array([n["xyz"] for n in scan.nuclei], dtype=float)
+    reach = np.array([max(n["semi_axes_mm"]) for n in scan.nuclei]) + NUCLEUS_MARGIN_MM
+    dist = np.linalg.norm(false_xyz[:, None, :] - centres[None], axis=-1)
+    counts: dict[str, int] = {}
+    for row in dist:
+        nearest = int(np.argmin(row / reach))
+        if row[nearest] <= reach[nearest]:
+            name = scan.nuclei[nearest]["name"]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def region_accuracy(scans: Sequence[_Scan], atlas: MarsAtlas) -> dict:
@@ -315,11 +380,15 @@ def _group_figures(scans: Sequence[_Scan]) -> tuple[dict, pd.DataFrame]:
         [s.truth["radius_mm"].to_numpy(dtype=float) for s in scans],
         [s.voxel for s in scans],
     )
+    is_bleed = [near_truth(_xyz(c), _xyz(s.truth), s.truth["radius_mm"].to_numpy(dtype=float), s.voxel)
+                for c, s in zip(standing, scans)]
     figures = {
         "scans": len(scans),
         "calls": detection_metrics([s.calls_match for s in scans]),
         "candidate_recall": detection_metrics([s.candidates_match for s in scans])["sensitivity"],
         "froc_sensitivity_at_fp_per_scan": {str(rate): sens for rate, sens in _sensitivity_at(curve).items()},
+        "calibration": calibration(np.concatenate([c["probability"].to_numpy(float) for c in standing]),
+                                   np.concatenate(is_bleed)),
     }
     return figures, curve
 
@@ -366,9 +435,14 @@ def _results(scans: Sequence[_Scan], extra: dict) -> dict:
         regions[region] = {"lesions": total, "sensitivity": hit / total if total else float("nan")}
     per_scan = [
         {"scan": s.name, "phase": s.has_phase, "lesions": len(s.truth),
-         "true_positives": s.calls_match.true_positives, "false_positives": s.calls_match.false_positives}
+         "true_positives": s.calls_match.true_positives, "false_positives": s.calls_match.false_positives,
+         **({"false_calls_at_iron_nuclei": nucleus_false_calls(s)} if s.nuclei else {})}
         for s in scans
     ]
+    at_nuclei: dict[str, int] = {}
+    for row in per_scan:
+        for name, count in row.get("false_calls_at_iron_nuclei", {}).items():
+            at_nuclei[name] = at_nuclei.get(name, 0) + count
     figures, curve = _group_figures(scans)
     curves = {"all": _curve_points(curve)}
     by_phase = {}
@@ -381,6 +455,7 @@ def _results(scans: Sequence[_Scan], extra: dict) -> dict:
         **figures,
         "candidates_per_scan": float(np.mean([len(s.candidates) for s in scans])),
         **({"per_region": regions} if regions else {}),
+        **({"false_calls_at_iron_nuclei": at_nuclei} if any(s.nuclei for s in scans) else {}),
         **extra,
         "per_scan": per_scan,
         "by_phase": by_phase,

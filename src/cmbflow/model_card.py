@@ -163,6 +163,7 @@ def _markdown(card: dict) -> str:
                 + " | ".join(f"{froc[k]:.3f}" for k in FROC_POINTS) + " |"
             )
     lines += ["", "Thresholds: " + "; ".join(f"{n}: {m['threshold_chosen_for']}" for n, m in models.items()), ""]
+    lines += _calibration_markdown(models)
     if "held_out_test" in card:
         lines += _held_out_markdown(card["held_out_test"], models)
     lines += ["## Weights", "", "| model | file | SHA-256 |", "|---|---|---|"]
@@ -171,6 +172,31 @@ def _markdown(card: dict) -> str:
     lines += ["", "## Training", "", "```json", json.dumps(card["training"], indent=2), "```", "",
               "![FROC](froc.png)", ""]
     return "\n".join(lines)
+
+
+def _calibration_markdown(models: dict) -> list[str]:
+    """Each model's reliability table and ECE on its validation scans (pooled group), if measured."""
+    fits = {name: next(iter(model["validation"].values()))["calibration"] for name, model in models.items()
+            if "calibration" in next(iter(model["validation"].values()))}
+    if not fits:
+        return []
+    lines = [
+        "## Calibration", "",
+        ("Reliability of the probability on the validation scans' candidates (those the workflow can call: "
+         "not superseded); a candidate is a bleed when it lies within matching distance of one. ECE: expected "
+         "calibration error over 10 equal-width bins, on all candidates and on those of probability >= 0.1 "
+         "(most candidates are clear negatives near 0, which make the first small)."), "",
+        "| model | candidates | bleeds | ECE | ECE (p >= 0.1) |", "|---|---|---|---|---|",
+        *[f"| {name} | {fit['candidates']} | {fit['bleeds']} | {fit['ece']:.3f} | {fit['ece_above_0.1']:.3f} |"
+          for name, fit in fits.items()],
+        "", "| probability | " + " | ".join(f"{name}: candidates, observed fraction of bleeds" for name in fits) + " |",
+        "|---|" + "---|" * len(fits),
+    ]
+    for b, row in enumerate(next(iter(fits.values()))["bins"]):
+        cells = [f"{fit['bins'][b]['candidates']}, {fit['bins'][b]['fraction_bleeds']:.2f}"
+                 if fit["bins"][b]["candidates"] else "0, -" for fit in fits.values()]
+        lines.append(f"| {row['low']:.1f}-{row['high']:.1f} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _held_out_markdown(test: dict, models: dict) -> list[str]:

@@ -26,9 +26,11 @@ from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE
 from cmbflow.detections import superseded
 from cmbflow.evaluate import (
     FROC_FP_RATES,
+    calibration,
     detection_metrics,
     froc_curve,
     match_detections,
+    near_truth,
 )
 from cmbflow.image import atomic_path, voxel_sizes, write_json
 from cmbflow.model import (
@@ -322,9 +324,11 @@ def score_scans(
 
 def _group_report(scans: list[ScanScores], threshold: float) -> dict:
     curve = operating_curve(scans)
+    is_bleed = [near_truth(s.candidates_xyz, s.truth_xyz, s.truth_radius_mm, s.voxel_size) for s in scans]
     return {
         "scans": len(scans),
         "at_threshold": metrics_at(scans, threshold),
+        "calibration": calibration(np.concatenate([s.probability for s in scans]), np.concatenate(is_bleed)),
         "froc_sensitivity_at_fp_per_scan": {
             str(rate): float(curve.loc[curve["fp_per_scan"] <= rate, "sensitivity"].max()) for rate in FROC_FP_RATES
         },
