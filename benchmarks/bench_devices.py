@@ -83,6 +83,7 @@ def main() -> None:
 
     patches = candidate_patches(magnitude, mask, image.affine, table[["x", "y", "z"]].to_numpy(float), hp_phase)
     classifier = load_classifier(None, has_phase=hp_phase is not None)
+    table["mirror_contrast"] = 0.0  # timing only: its value does not change the cost
     features = candidate_features(table, with_phase=hp_phase is not None)
     labels = (np.arange(len(table)) % 5 == 0).astype(np.int8)
     n = len(table)

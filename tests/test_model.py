@@ -15,7 +15,7 @@ from cmbflow.errors import InputError
 from cmbflow.image import voxel_sizes
 from cmbflow.model import VARIANTS, CandidateNet, Classifier, ModelSpec, load_classifier, packaged_model_dir
 from cmbflow.candidates import find_candidates
-from cmbflow.patches import PATCH_SIZE, candidate_features, candidate_patches, n_features
+from cmbflow.patches import PATCH_SIZE, candidate_features, candidate_patches, mirror_contrast, n_features
 from cmbflow.simulate import sample_subject_params, simulate_subject
 from cmbflow.training import label_candidates
 
@@ -98,6 +98,8 @@ def scored():
     table.loc[(table["kind"] == "other") & (near_vein < 1.5), "kind"] = "vein"
     magnitude = img.get_fdata(dtype=np.float32)
     xyz = table[["x", "y", "z"]].to_numpy(float)
+    head = np.asarray(subject.realised["world_from_mni"])  # the true pose stands in for the registration
+    table["mirror_contrast"] = mirror_contrast((xyz - head[:3, 3]) @ np.linalg.inv(head[:3, :3]).T, table["contrast"])
     for has_phase in (True, False):
         classifier = load_classifier(None, has_phase=has_phase)
         patches = candidate_patches(magnitude, mask, subject.affine, xyz, hp if has_phase else None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cmbflow.image import ijk_to_xyz
-from cmbflow.patches import PATCH_MM, PATCH_SIZE, candidate_patches, patch_offsets_mm, sample_patches
+from cmbflow.patches import PATCH_MM, PATCH_SIZE, candidate_patches, mirror_contrast, patch_offsets_mm, sample_patches
 
 CENTRE = np.array([4.0, -6.0, 10.0])
 
@@ -60,3 +60,13 @@ def test_empty_brain_is_an_error():
     magnitude = np.zeros((10, 10, 10), dtype=np.float32)
     with pytest.raises(ValueError, match="no positive signal"):
         candidate_patches(magnitude, magnitude > 0, np.eye(4), [[5.0, 5.0, 5.0]])
+
+
+def test_a_mirrored_twin_gives_its_relative_contrast_and_a_lone_spot_none():
+    mni = [[5.0, -20.0, -9.0], [-6.0, -21.0, -8.0], [30.0, 10.0, 20.0], [-20.0, 10.0, 20.0], [0.5, 0.0, 0.0]]
+    contrast = [0.5, 0.25, 0.8, 0.9, 0.6]
+    ratio = mirror_contrast(mni, contrast)
+    # The red-nucleus-like pair sees each other (within 4 mm of the mirror image); the spot at
+    # x=30 has no twin (x=-20 is 10 mm off), nor has the one on the midline (itself does not count).
+    assert ratio == pytest.approx([0.5, 2.0, 0.0, 0.0, 0.0])
+    assert mirror_contrast(np.zeros((0, 3)), []).shape == (0,)

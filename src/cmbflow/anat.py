@@ -27,12 +27,10 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from cmbflow.errors import InputError
+from cmbflow.derivatives import MNI_SPACE
 from cmbflow.image import voxel_sizes
 from cmbflow.transforms import RAS_TO_LPS, Transforms, transform_paths
 
-#: Template space of nilearn's bundled MNI152 images: its files are
-#: ``mni_icbm152_*_tal_nlin_sym_09a`` (ICBM 2009a nonlinear symmetric).
-MNI_SPACE = "MNI152NLin2009aSym"
 
 #: Fixed seed for ANTs' random metric sampling: reruns must give identical transforms.
 _ANTS_SEED = 20240601

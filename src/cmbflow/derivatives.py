@@ -26,6 +26,11 @@ BRAIN_MASK = "_desc-brain_mask"
 HPPHASE = "_part-phase_desc-hpphase_T2starw"
 SWI = "_desc-swi_T2starw"
 STAGE1_TABLE = "_desc-stage1_detections"
+#: Template space of nilearn's bundled MNI152 images: its files are
+#: ``mni_icbm152_*_tal_nlin_sym_09a`` (ICBM 2009a nonlinear symmetric).
+MNI_SPACE = "MNI152NLin2009aSym"
+#: The registration's affine (ANTs), subject T2*w to MNI.
+MNI_XFM = f"_from-T2starw_to-{MNI_SPACE}_mode-image_xfm.mat"
 
 
 #: Output files that BIDS 1.10 has no name for (the validator skips them): folders that are not

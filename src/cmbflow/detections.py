@@ -13,7 +13,6 @@ from scipy.spatial import cKDTree
 from cmbflow.derivatives import sidecar
 from cmbflow.image import atomic_path, write_json
 from cmbflow.mars import read_mars_atlas
-from cmbflow.transforms import Transforms, points_to_mni
 
 #: Columns every detections table starts with, in this order, and what they mean.
 CORE_COLUMNS: dict[str, dict[str, str]] = {
@@ -47,6 +46,8 @@ FEATURE_COLUMNS: dict[str, dict[str, str]] = {
     "phase_dipole": {"Description": "High-pass phase contrast between the lobes along B0 and the equatorial "
                      "plane, signed so that paramagnetic sources are positive; empty without phase", "Units": "rad"},
     "edge_distance_mm": {"Description": "Distance to the brain mask boundary", "Units": "mm"},
+    "mirror_contrast": {"Description": "Contrast of the strongest other candidate within 4 mm of this one's "
+                        "mirror image across the MNI midline, relative to this one's (0: none); a classifier input"},
     "source": {"Description": "Which candidate generator found it", "Levels": {
         "frst": "radial symmetry transform only", "threshold": "threshold + shape only", "both": "both"}},
     "superseded": {"Description": f"A more probable candidate within {SAME_LESION_MM:g} mm stands for the same "
@@ -149,7 +150,6 @@ def superseded(xyz: npt.ArrayLike, probability: npt.ArrayLike,
 
 def locate_detections(
     table: pd.DataFrame,
-    xfm: str | Path,
     atlas: str | Path,
     out_candidates: str | Path,
     out_candidates_json: str | Path,
@@ -157,13 +157,12 @@ def locate_detections(
     out_calls_json: str | Path,
     **fields: object,
 ) -> None:
-    """Write the final tables of classified candidates (``table``, with ``is_cmb`` and ``superseded``):
-    every candidate with its MNI position, MARS region and mimic flags, and the calls (the
-    ``is_cmb`` rows). ``fields``: the candidates sidecar's (Sources, the classifier's)."""
-    mni = points_to_mni(table[["x", "y", "z"]].to_numpy(float), Transforms(Path(xfm)))
-    location = pd.DataFrame(mni, columns=["mni_x", "mni_y", "mni_z"], index=table.index)
-    location = location.join(read_mars_atlas(atlas).lookup(mni).set_axis(table.index))
-    table = pd.concat([table, location], axis=1)
+    """Write the final tables of classified candidates (``table``, with ``is_cmb``, ``superseded``
+    and the MNI position ``mni_x mni_y mni_z``): every candidate with its MARS region and mimic
+    flags, and the calls (the ``is_cmb`` rows). ``fields``: the candidates sidecar's (Sources, the
+    classifier's)."""
+    mni = table[["mni_x", "mni_y", "mni_z"]].to_numpy(float)
+    table = pd.concat([table, read_mars_atlas(atlas).lookup(mni).set_axis(table.index)], axis=1)
     calls = table[table["is_cmb"]].drop(columns=["is_cmb", "superseded"]).reset_index(drop=True)
     table = pd.concat([table, mimic_flags(table)], axis=1)
     about = {key: fields[key] for key in CLASSIFIER_FIELDS}

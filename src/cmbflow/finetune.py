@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from cmbflow import __version__
 from cmbflow.config import CandidateParams, PhaseConfig
-from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, SWI
+from cmbflow.derivatives import BRAIN_MASK, HPPHASE, MNI_XFM, N4_MAGNITUDE, SWI
 from cmbflow.detections import SAME_LESION_MM, superseded
 from cmbflow.errors import InputError
 from cmbflow.evaluate import match_detections
@@ -159,7 +159,7 @@ def load_rated_scans(output_dir: str | Path, ratings_dir: str | Path) -> list[Ra
         hpphase = anat / f"{prefix}{HPPHASE}.nii.gz"
         scan = ScanOutputs(prefix, anat / f"{prefix}_desc-candidates_detections.tsv",
                            anat / f"{prefix}{N4_MAGNITUDE}.nii.gz", anat / f"{prefix}{BRAIN_MASK}.nii.gz",
-                           hpphase if hpphase.exists() else None)
+                           hpphase if hpphase.exists() else None, anat.parent / "xfm" / f"{prefix}{MNI_XFM}")
         candidates, patches, voxel = scan_patches(scan, _paramagnetic_sign(anat, prefix))
         rated = rate_subject(pd.read_csv(calls_path, sep="\t"), files, prefix)
         target, scored, bleeds_xyz, bleeds_radius = label_rated_candidates(

@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 PATCH_MM = 20.0
 PATCH_SIZE = 16
@@ -115,6 +116,31 @@ def candidate_patches(
     return np.stack(channels, axis=1).astype(np.float32)
 
 
+#: A candidate's mirror partner lies within this distance (MNI mm) of its image across the midline
+#: (registration and asymmetry of paired structures are a few millimetres).
+MIRROR_RADIUS_MM = 4.0
+
+
+def mirror_contrast(mni_xyz: npt.ArrayLike, contrast: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The contrast of the strongest other candidate near each candidate's mirror image across the
+    MNI midline, relative to its own (0 when there is none).
+
+    A reader dismisses a dark spot whose twin sits at the same place in the other hemisphere (iron
+    nuclei, paired veins); microbleeds are rarely mirrored.
+    """
+    mni = np.asarray(mni_xyz, dtype=float).reshape(-1, 3)
+    contrast = np.asarray(contrast, dtype=float)
+    ratio = np.zeros(len(mni))
+    if not len(mni):
+        return ratio
+    tree = cKDTree(mni)
+    for i, near in enumerate(tree.query_ball_point(mni * (-1.0, 1.0, 1.0), MIRROR_RADIUS_MM)):
+        others = [j for j in near if j != i]
+        if others:
+            ratio[i] = contrast[others].max() / max(contrast[i], 1e-6)
+    return ratio
+
+
 #: Stage-1 measurements the classifier sees, each mapped to a range near [-3, 3].
 _FEATURE_TRANSFORMS = {
     "radius_mm": lambda v: np.log(np.clip(v, 1e-6, None)),
@@ -124,6 +150,7 @@ _FEATURE_TRANSFORMS = {
     "roundness": lambda v: np.clip(v, 1e-6, None),
     "elongation": lambda v: np.log(np.clip(v, 1e-6, None)),
     "edge_distance_mm": lambda v: np.log1p(np.clip(v, 1e-6, None)),
+    "mirror_contrast": lambda v: np.clip(v, 0.0, 2.0),
     "phase_dipole": lambda v: np.clip(v, -np.pi, np.pi),
 }
 

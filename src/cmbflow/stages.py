@@ -29,6 +29,8 @@ from cmbflow.config import CandidateParams, ClassifierConfig, PhaseConfig
 from cmbflow.derivatives import (
     BRAIN_MASK,
     HPPHASE,
+    MNI_SPACE,
+    MNI_XFM,
     N4_MAGNITUDE,
     STAGE1_TABLE,
     SWI,
@@ -50,6 +52,7 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
+from cmbflow.transforms import Transforms, points_to_mni
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -129,7 +132,7 @@ def prepare_anatomy(
                out_warped_json)
     write_json(
         sidecar([], [out_n4, out_mask], Description="ANTs affine transform (subject -> template)",
-                FromSpace="T2starw", ToSpace=anat.MNI_SPACE, Software="antspyx",
+                FromSpace="T2starw", ToSpace=MNI_SPACE, Software="antspyx",
                 RegistrationSimilarity=round(registration.similarity, 4),
                 SimilarityMetric="entropy correlation coefficient in the template brain"),
         out_xfm_json,
@@ -232,7 +235,7 @@ def detect_microbleeds(
     """
     from cmbflow.frst import resolve_device
     from cmbflow.model import load_classifier
-    from cmbflow.patches import candidate_features, candidate_patches
+    from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast
 
     img = load_image(image, subject=label)
     brain = _mask(mask, label)
@@ -242,6 +245,8 @@ def detect_microbleeds(
     torch_device = resolve_device(device)
     table = _find_candidates(img, brain, hp, candidate_params, paramagnetic_sign, torch_device, label)
     centres = table[["x", "y", "z"]].to_numpy(float)
+    table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(centres, Transforms(Path(xfm)))
+    table["mirror_contrast"] = mirror_contrast(table[["mni_x", "mni_y", "mni_z"]], table["contrast"])
     patches = candidate_patches(img.get_fdata(dtype=np.float32), brain, img.affine, centres, hp, paramagnetic_sign)
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"], table["probability_sd"] = classifier.predict_with_spread(patches, features, torch_device)
@@ -252,7 +257,7 @@ def detect_microbleeds(
     about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
                                          torch_device.type, classifier.weights_sha256)))
     sources = sidecar([], [image, mask] + ([hpphase] if hpphase else []) + [xfm])
-    locate_detections(table, xfm, atlas, out_candidates, out_candidates_json, out_calls, out_calls_json,
+    locate_detections(table, atlas, out_candidates, out_candidates_json, out_calls, out_calls_json,
                       **sources, **about)
 
 
@@ -267,7 +272,6 @@ def run_stage1(
     As separate jobs, each starting Python and importing torch and ANTs (3 s), a simulated scan
     spent about a third of its stage-1 time starting up; training runs 60 scans.
     """
-    from cmbflow.anat import MNI_SPACE
 
     raw = Path(bids_dir) / label / "anat" / label
     phase_path = Path(f"{raw}_part-phase_T2starw.nii.gz")
@@ -275,7 +279,7 @@ def run_stage1(
     out = Path(out_dir) / label / "anat" / label
     out.parent.mkdir(parents=True, exist_ok=True)
     n4, mask, hpphase, swi, table = (f"{out}{end}" for end in (N4_MAGNITUDE, BRAIN_MASK, HPPHASE, SWI, STAGE1_TABLE))
-    xfm, warped = f"{out}_from-T2starw_to-{MNI_SPACE}_mode-image_xfm", f"{out}_space-{MNI_SPACE}{N4_MAGNITUDE}"
+    xfm, warped = f"{out}{MNI_XFM}".removesuffix(".mat"), f"{out}_space-{MNI_SPACE}{N4_MAGNITUDE}"
     prepare_anatomy(f"{raw}_part-mag_T2starw.nii.gz", None, echo, f"{n4}.nii.gz", f"{n4}.json", f"{mask}.nii.gz",
                     f"{mask}.json", f"{xfm}.mat", f"{xfm}.json", f"{warped}.nii.gz", f"{warped}.json", label)
     if has_phase:

@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from cmbflow.config import TrainParams
-from cmbflow.derivatives import BRAIN_MASK, HPPHASE, N4_MAGNITUDE, STAGE1_TABLE
+from cmbflow.derivatives import BRAIN_MASK, HPPHASE, MNI_XFM, N4_MAGNITUDE, STAGE1_TABLE
 from cmbflow.detections import superseded
 from cmbflow.evaluate import (
     FROC_FP_RATES,
@@ -41,7 +41,8 @@ from cmbflow.model import (
     load_model,
     save_model,
 )
-from cmbflow.patches import candidate_features, candidate_patches, n_features
+from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, n_features
+from cmbflow.transforms import Transforms, points_to_mni
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class ScanOutputs:
     magnitude: Path
     mask: Path
     hpphase: Path | None
+    xfm: Path  # the registration's affine (subject <-> MNI)
 
     @classmethod
     def find(cls, stage1: Path) -> ScanOutputs:
@@ -64,14 +66,18 @@ class ScanOutputs:
         folder = stage1.parent
         hpphase = folder / f"{prefix}{HPPHASE}.nii.gz"
         return cls(prefix, stage1, folder / f"{prefix}{N4_MAGNITUDE}.nii.gz", folder / f"{prefix}{BRAIN_MASK}.nii.gz",
-                   hpphase if hpphase.exists() else None)
+                   hpphase if hpphase.exists() else None, folder / f"{prefix}{MNI_XFM}")
 
 
 def scan_patches(
     scan: ScanOutputs, paramagnetic_sign: int
 ) -> tuple[pd.DataFrame, npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """The stage-1 table of a scan, its classifier patches (n, 1 or 2, S, S, S) and voxel size."""
+    """The stage-1 table of a scan (with MNI positions and mirror partners), its classifier patches
+    (n, 1 or 2, S, S, S) and voxel size."""
     table = pd.read_csv(scan.stage1, sep="\t")
+    if "mni_x" not in table:  # a stage-1 table; the workflow's final tables have them
+        table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(table[["x", "y", "z"]].to_numpy(float), Transforms(scan.xfm))
+    table["mirror_contrast"] = mirror_contrast(table[["mni_x", "mni_y", "mni_z"]], table["contrast"])
     img = nib.load(scan.magnitude)
     mask = np.asanyarray(nib.load(scan.mask).dataobj) > 0
     phase = None if scan.hpphase is None else nib.load(scan.hpphase).get_fdata(dtype=np.float32)
