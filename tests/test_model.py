@@ -77,6 +77,17 @@ def test_spread_across_members_is_zero_when_they_agree_and_positive_when_they_di
     np.testing.assert_array_equal(probability, Classifier(disagree, 0.5, "magnitude").predict(patches, features))
 
 
+def test_a_model_trained_with_other_inputs_is_a_clear_error(tmp_path):
+    from cmbflow.errors import InputError
+    from cmbflow.model import save_model
+
+    card = {"models": {"phase": {"weights": "phase.safetensors", "threshold": 0.5}}}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    save_model(CandidateNet(ModelSpec(2, n_features=n_features(True) - 1)), tmp_path / "phase.safetensors")
+    with pytest.raises(InputError, match="trained for another version"):
+        load_classifier(tmp_path, has_phase=True)
+
+
 def test_model_dir_without_card_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="model card not found"):
         load_classifier(tmp_path, has_phase=True)

@@ -23,7 +23,7 @@ from torch import nn
 
 from cmbflow.errors import InputError
 from cmbflow.image import atomic_path
-from cmbflow.patches import PATCH_MM, PATCH_SIZE
+from cmbflow.patches import PATCH_MM, PATCH_SIZE, n_features
 
 #: The model variants, by input channels.
 VARIANTS = {"phase": 2, "magnitude": 1}
@@ -207,7 +207,12 @@ def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: fl
     entry = card["models"][variant]
     chosen = entry["threshold"] if threshold is None else threshold
     weights = folder / entry["weights"]
-    return Classifier(load_model(weights), float(chosen), variant, sha256(weights), float(entry.get("temperature", 1.0)))
+    model = load_model(weights)
+    if model.spec.n_features != n_features(has_phase):
+        raise InputError(f"the {variant} model reads {model.spec.n_features} stage-1 measurements, this cmbflow gives "
+                         f"{n_features(has_phase)}: it was trained for another version", path=weights,
+                         fix="use the shipped model, or fine-tune again from it (cmbflow finetune)")
+    return Classifier(model, float(chosen), variant, sha256(weights), float(entry.get("temperature", 1.0)))
 
 
 def sha256(path: str | Path) -> str:
