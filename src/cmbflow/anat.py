@@ -26,11 +26,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import ndimage
 
-from cmbflow.errors import InputError
 from cmbflow.derivatives import MNI_SPACE
+from cmbflow.errors import InputError
 from cmbflow.image import voxel_sizes
 from cmbflow.transforms import RAS_TO_LPS, Transforms, transform_paths
-
 
 #: Fixed seed for ANTs' random metric sampling: reruns must give identical transforms.
 _ANTS_SEED = 20240601

@@ -198,9 +198,9 @@ def calibration(probability: npt.ArrayLike, is_bleed: npt.ArrayLike, bins: int =
                      "fraction_bleeds": float(y[members].mean()) if n else float("nan")})
 
     def ece(keep: npt.NDArray[np.bool_]) -> float:
-        gaps = [abs(p[keep & (index == b)].mean() - y[keep & (index == b)].mean()) * (keep & (index == b)).sum()
-                for b in range(bins) if (keep & (index == b)).any()]
-        return float(sum(gaps) / keep.sum()) if keep.any() else float("nan")
+        # A bin's count times |mean probability - fraction of bleeds| is |sum of probabilities - bleeds|.
+        gaps = np.bincount(index[keep], p[keep], bins) - np.bincount(index[keep], y[keep], bins)
+        return float(np.abs(gaps).sum() / keep.sum()) if keep.any() else float("nan")
 
     return {"candidates": int(len(p)), "bleeds": int(y.sum()), "ece": ece(np.ones(len(p), bool)),
             "ece_above_0.1": ece(p >= 0.1), "bins": rows}

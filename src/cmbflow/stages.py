@@ -272,7 +272,6 @@ def run_stage1(
     As separate jobs, each starting Python and importing torch and ANTs (3 s), a simulated scan
     spent about a third of its stage-1 time starting up; training runs 60 scans.
     """
-
     raw = Path(bids_dir) / label / "anat" / label
     phase_path = Path(f"{raw}_part-phase_T2starw.nii.gz")
     has_phase = phase_path.exists()
