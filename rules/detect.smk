@@ -4,9 +4,9 @@
 # model's threshold. The final tables give each candidate's MNI position (the subject's
 # registration) and MARS region. One job: nothing else reads the stage-1 table, and one process
 # reads the images and imports torch once. Runs on a GPU when there is one (config: device).
-# Two threads, although the two stages keep only 1.0 and 1.3 cores busy (benchmarks/RESULTS.md): on
-# one, the detect jobs of a SLURM bundle (--group-components) run side by side and the bundle asks
-# for one GPU per subject.
+# One thread: given 2, the two stages kept 1.0 and 1.3 cores busy (benchmarks/RESULTS.md), and a
+# job holding both cores stops another subject's job running beside it. With GPUs on a cluster, the
+# site profile gives it 2 (profiles/slurm), so that a bundle's detect jobs take turns on one GPU.
 
 
 rule detect:
@@ -30,7 +30,7 @@ rule detect:
         log_path("detect"),
     benchmark:
         benchmark_path("detect"),
-    threads: 2
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=20,

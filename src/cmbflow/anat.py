@@ -186,11 +186,28 @@ def _fill_holes_slicewise(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
 
     A 3D fill alone misses cavities that open at the edge of a partial field of view.
     """
-    out = ndimage.binary_fill_holes(mask)
+    out = _fill_holes(mask, ndimage.generate_binary_structure(3, 1))
     for axis in range(3):
-        filled = np.stack([ndimage.binary_fill_holes(s) for s in np.moveaxis(out, axis, 0)])
-        out |= np.moveaxis(filled, 0, axis)
+        in_slice = np.zeros((3, 3, 3), bool)  # 4-connected within the slices across ``axis``
+        np.moveaxis(in_slice, axis, 0)[1] = ndimage.generate_binary_structure(2, 1)
+        out |= _fill_holes(out, in_slice, skip_axis=axis)
     return out
+
+
+def _fill_holes(
+    mask: npt.NDArray[np.bool_], structure: npt.NDArray[np.bool_], skip_axis: int | None = None
+) -> npt.NDArray[np.bool_]:
+    """``ndimage.binary_fill_holes``, by labelling: a hole is a background component that touches
+    no face of the volume (with ``skip_axis``, no face along the other axes: every slice along
+    that axis at once). The same voxels, in one pass instead of one call per slice (seconds on
+    0.5 mm scans)."""
+    labels, n = ndimage.label(~mask, structure=structure)
+    outside = np.zeros(n + 1, bool)
+    for axis in range(3):
+        if axis != skip_axis:
+            outside[np.take(labels, [0, -1], axis=axis)] = True
+    outside[0] = True
+    return mask | ~outside[labels]
 
 
 # --------------------------------------------------------------------------- registration
