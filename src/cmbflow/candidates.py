@@ -37,8 +37,8 @@ from scipy.spatial import cKDTree
 
 from cmbflow.config import CandidateParams
 from cmbflow.detections import keep_first_within
-from cmbflow.frst import frst3d, mask_bounds
-from cmbflow.image import b0_direction_voxel, ijk_to_xyz, voxel_sizes
+from cmbflow.frst import frst3d
+from cmbflow.image import b0_direction_voxel, ijk_to_xyz, mask_bounds, voxel_sizes
 
 #: Columns of the candidate table, in order.
 CANDIDATE_COLUMNS = (

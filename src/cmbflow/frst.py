@@ -16,6 +16,8 @@ import numpy.typing as npt
 import torch
 from scipy import special
 
+from cmbflow.image import mask_bounds
+
 #: Default width of the smoothing Gaussian relative to the radius (Loy & Zelinsky use 0.25 n).
 SMOOTHING_PER_RADIUS = 0.25
 
@@ -98,16 +100,6 @@ def smoothing_passes(radii_mm: Sequence[float]) -> list[tuple[float, float]]:
     sigmas = [SMOOTHING_PER_RADIUS * r for r in radii]
     return [(r, math.sqrt(s**2 - (sigmas[n + 1] ** 2 if n + 1 < len(radii) else 0.0)))
             for n, (r, s) in enumerate(zip(radii, sigmas))]
-
-
-def mask_bounds(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """First and last index (inclusive) of the non-empty ``mask`` along each axis."""
-    lo, hi = [], []
-    for axis in range(3):
-        along = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        lo.append(int(along[0]))
-        hi.append(int(along[-1]))
-    return np.array(lo), np.array(hi)
 
 
 def support_box(

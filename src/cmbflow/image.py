@@ -234,3 +234,13 @@ def write_json(payload: dict, path: str | Path) -> None:
     """Write a JSON file atomically (sorted keys, so reruns give identical bytes)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def mask_bounds(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """First and last index (inclusive) of the non-empty ``mask`` along each axis."""
+    lo, hi = [], []
+    for axis in range(3):
+        along = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        lo.append(int(along[0]))
+        hi.append(int(along[-1]))
+    return np.array(lo), np.array(hi)

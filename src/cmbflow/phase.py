@@ -16,6 +16,7 @@ from scipy import ndimage
 from skimage.restoration import unwrap_phase
 
 from cmbflow.errors import InputError
+from cmbflow.image import mask_bounds
 
 TWO_PI = 2.0 * np.pi
 
@@ -227,7 +228,9 @@ def unwrap(phase: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_]) -> npt.
     if phase.ndim != 3:
         raise ValueError(f"unwrap needs a 3D phase, got shape {phase.shape}")
     mask = _check_mask(mask, phase.shape)
-    unwrapped = _unwrap_phase_seeded(np.ma.array(_wrap(phase), mask=~mask)).filled(0.0)
+    box = _box(mask)
+    unwrapped = np.zeros(phase.shape)
+    unwrapped[box] = _unwrap_phase_seeded(np.ma.array(_wrap(phase[box]), mask=~mask[box])).filled(0.0)
     labels, _ = ndimage.label(mask)
     counts = np.bincount(labels.ravel())
     sums = np.bincount(labels.ravel(), weights=unwrapped.ravel())
@@ -263,18 +266,31 @@ def highpass(
     ``voxel_size_mm`` (the array axes' voxel edges, ``cmbflow.image.voxel_sizes``).
     """
     phase_unwrapped = np.asarray(phase_unwrapped, dtype=np.float64)
-    mask = _check_mask(mask, phase_unwrapped.shape)
+    shape = phase_unwrapped.shape
+    mask = _check_mask(mask, shape)
     sizes = np.asarray(voxel_size_mm, dtype=float).ravel()
     if sizes.size != phase_unwrapped.ndim or np.any(sizes <= 0):
         raise ValueError(f"voxel_size_mm {sizes.tolist()} must give one positive size per axis")
     if not sigma_mm > 0:
         raise ValueError(f"sigma_mm must be positive, got {sigma_mm}")
     sigma_vox = sigma_mm / sizes
+    box = _box(mask)
+    phase_unwrapped, mask = phase_unwrapped[box], mask[box]
     weights = mask.astype(np.float64)
     numerator = ndimage.gaussian_filter(phase_unwrapped * weights, sigma_vox, mode="constant")
     denominator = ndimage.gaussian_filter(weights, sigma_vox, mode="constant")
     background = numerator / np.maximum(denominator, 1e-12)
-    return np.where(mask, phase_unwrapped - background, 0.0).astype(np.float32)
+    local = np.zeros(shape, np.float32)
+    local[box] = np.where(mask, phase_unwrapped - background, 0.0)
+    return local
+
+
+def _box(mask: npt.NDArray[np.bool_]) -> tuple[slice, ...]:
+    """The mask's bounding box. Unwrapping and filtering there give the same values inside the
+    mask as on the whole field of view (outside it is masked, or zero in the constant-mode
+    filter's padding), in half the time on a typical field of view."""
+    first, last = mask_bounds(mask)
+    return tuple(slice(a, b + 1) for a, b in zip(first, last))
 
 
 def swi(
