@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Settings for this test cluster only, on top of profiles/slurm: it has no slurmdbd, so sacct
 # cannot report job states (squeue can, as finished jobs stay listed for MinJobAge); quick first
 # status check; the SLURM logs of successful jobs are kept so the tests can read them. A GPU for
-# the two rules that can use one, with 2 threads, as profiles/slurm shows a site how to ask (the
+# the rule that can use one (detect), with 2 threads, as profiles/slurm shows a site how to ask (the
 # node's is fake: the work runs on the CPU, device=cpu by default).
 CLUSTER_ONLY = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5",
                 "--slurm-keep-successful-logs", "--set-resources", "detect:gpu=1", "--set-threads", "detect=2"]
