@@ -38,7 +38,7 @@ from scipy.spatial import cKDTree
 from cmbflow.config import CandidateParams
 from cmbflow.detections import keep_first_within
 from cmbflow.frst import frst3d
-from cmbflow.image import b0_direction_voxel, ijk_to_xyz, mask_bounds, voxel_sizes
+from cmbflow.image import b0_direction_voxel, ijk_to_xyz, mask_box, voxel_sizes
 
 #: Columns of the candidate table, in order.
 CANDIDATE_COLUMNS = (
@@ -310,11 +310,8 @@ def find_candidates(
     # Work in the mask's bounding box plus the widest neighbourhood a candidate looks at: the
     # result is the same (everything outside is outside the mask) and the whole-volume filters
     # cost half as much on a typical field of view.
-    margin = np.ceil(params.region_half_width_mm / sizes).astype(int)
-    first, last = mask_bounds(mask)
-    lo = np.maximum(first - margin, 0)
-    hi = np.minimum(last + margin + 1, data.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = mask_box(mask, np.ceil(params.region_half_width_mm / sizes).astype(int))
+    lo = np.array([s.start for s in box])
     data, mask = data[box], mask[box]
     hp_phase = None if hp_phase is None else np.asarray(hp_phase, dtype=np.float32)[box]
     affine = image.affine @ nib.affines.from_matvec(np.eye(3), lo)

@@ -16,7 +16,7 @@ import numpy.typing as npt
 import torch
 from scipy import special
 
-from cmbflow.image import mask_bounds
+from cmbflow.image import mask_box
 
 #: Default width of the smoothing Gaussian relative to the radius (Loy & Zelinsky use 0.25 n).
 SMOOTHING_PER_RADIUS = 0.25
@@ -112,12 +112,9 @@ def support_box(
     if not mask.any():
         return None
     passes = smoothing_passes(radii_mm)
-    lo, hi = mask_bounds(mask)
-    box = []
-    for axis, size in enumerate(voxel_size_mm):
-        margin = math.ceil(passes[0][0] / size) + 2 + sum(len(gaussian_kernel_1d(w / size)) // 2 for _, w in passes)
-        box.append(slice(max(lo[axis] - margin, 0), min(hi[axis] + margin + 1, mask.shape[axis])))
-    return tuple(box)
+    margins = [math.ceil(passes[0][0] / size) + 2 + sum(len(gaussian_kernel_1d(w / size)) // 2 for _, w in passes)
+               for size in voxel_size_mm]
+    return mask_box(mask, margins)
 
 
 def frst3d(

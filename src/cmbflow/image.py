@@ -14,7 +14,7 @@ import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -236,11 +236,12 @@ def write_json(payload: dict, path: str | Path) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
-def mask_bounds(mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """First and last index (inclusive) of the non-empty ``mask`` along each axis."""
-    lo, hi = [], []
-    for axis in range(3):
-        along = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        lo.append(int(along[0]))
-        hi.append(int(along[-1]))
-    return np.array(lo), np.array(hi)
+def mask_box(mask: npt.NDArray[np.bool_], margin: int | Sequence[int] = 0) -> tuple[slice, ...]:
+    """The bounding box of the non-empty ``mask``, widened by ``margin`` voxels (one per axis or
+    the same for all) and clipped to the array."""
+    margins = np.broadcast_to(margin, (mask.ndim,))
+    box = []
+    for axis, extra in enumerate(margins):
+        along = np.nonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))[0]
+        box.append(slice(max(int(along[0]) - int(extra), 0), min(int(along[-1]) + int(extra) + 1, mask.shape[axis])))
+    return tuple(box)
