@@ -218,11 +218,13 @@ def _draw_lesion(
     scale: float,
     rng: np.random.Generator,
     tries: int = 300,
+    atrophy_mm: float = 0.0,
 ) -> Lesion | None:
-    """Rejection-sample a position inside tissue and far enough from the lesions placed so far."""
+    """Rejection-sample a position inside tissue (also once atrophy has taken up to twice
+    ``atrophy_mm`` from it) and far enough from the lesions placed so far."""
     for _ in range(tries):
         mni = _draw_site(canvas, site, rng)
-        if scale * float(canvas.sample(canvas.tissue_depth, mni)[0]) < diameter / 2 + 0.5:
+        if scale * (float(canvas.sample(canvas.tissue_depth, mni)[0]) - 2 * atrophy_mm) < diameter / 2 + 0.5:
             continue
         if any(
             scale * np.linalg.norm(mni - np.asarray(other.mni)) < LESION_GAP_MM + (diameter + other.diameter_mm) / 2
@@ -256,7 +258,8 @@ def place_lesions(
             site = sites[int(rng.choice(len(sites), p=weights))]
             diameter = round(float(rng.uniform(*diameter_range)), 3)
             chi = round(float(rng.uniform(*chi_range)), 4)
-            lesion = _draw_lesion(canvas, kind, site, diameter, chi, placed, params.head_scale, rng)
+            lesion = _draw_lesion(canvas, kind, site, diameter, chi, placed, params.head_scale, rng,
+                                  atrophy_mm=params.atrophy_mm)
             if lesion is not None:
                 placed.append(lesion)
     return placed[len(existing):]

@@ -3,9 +3,12 @@
 World = scanner RAS+ mm with B0 along +z. The subject's head is the MNI152 head rotated, scaled
 and shifted about the scanner isocentre; the acquisition grid has the voxel size and axis codes of
 the subject's parameters (optionally tilted), and a field of view that covers the whole head.
+A head may also differ from the template by a smooth non-linear :class:`Warp`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -65,3 +68,42 @@ def acquisition_grid(
     affine[:3, :3] = directions * vs
     affine[:3, 3] = directions @ first
     return affine, tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Warp:
+    """A smooth random non-linear warp of the template: the head's anatomy at MNI position q is
+    the template's at ``q + displacement(q)``. A few long plane waves, so it is smooth, and gentle
+    enough to be invertible (its gradient is at most 2 pi max_mm / 80 mm: 0.39 at 5 mm)."""
+
+    wavevectors: npt.NDArray[np.float64]  # (K, 3) cycles per mm
+    phases: npt.NDArray[np.float64]  # (K,) radians
+    amplitudes: npt.NDArray[np.float64]  # (K, 3) mm
+
+    def displacement(self, q: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+        """Displacement (mm) at MNI positions (N, 3); float32 in, float32 out."""
+        dtype = np.float32 if q.dtype == np.float32 else np.float64
+        out = np.zeros(q.shape, dtype)
+        for k, phase, amplitude in zip(self.wavevectors, self.phases, self.amplitudes):
+            wave = np.sin(q @ (2 * np.pi * k).astype(dtype) + dtype(phase))
+            out += wave[:, None] * amplitude.astype(dtype)
+        return out
+
+    def head_position(self, template_mni: npt.NDArray[np.float64], iterations: int = 12) -> npt.NDArray[np.float64]:
+        """Where template positions (N, 3) lie in the warped head: q with q + u(q) = p (fixed point)."""
+        p = np.asarray(template_mni, dtype=float)
+        q = p.copy()
+        for _ in range(iterations):  # the error shrinks by the gradient's bound each step
+            q = p - self.displacement(q)
+        return q
+
+
+def draw_warp(rng: np.random.Generator, max_mm: float, modes: int = 4) -> Warp:
+    """Plane waves of 80-160 mm wavelength in random directions, amplitudes adding up to at most ``max_mm``."""
+    directions = rng.standard_normal((modes, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    wavevectors = directions / rng.uniform(80.0, 160.0, (modes, 1))
+    polarisations = rng.standard_normal((modes, 3))
+    polarisations /= np.linalg.norm(polarisations, axis=1, keepdims=True)
+    amplitudes = polarisations * (max_mm / modes) * rng.uniform(0.5, 1.0, (modes, 1))
+    return Warp(wavevectors, rng.uniform(0, 2 * np.pi, modes), amplitudes)

@@ -11,6 +11,11 @@ from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 
 PRESETS = ("tiny", "standard", "diverse", "training", "site")
 PHASE_UNITS = ("rad", "arbitrary")
+#: Protocols of the `training` preset: wider than the validation's (`diverse`, the ranges of the
+#: shipped weights in cmbflow.patches), as wide as the scanners a core meets.
+TRAINING_IN_PLANE_MM = (0.4, 1.2)
+TRAINING_SLICE_MM = (1.0, 3.5)
+MIN_VOXEL_MM3 = 0.45
 
 _AXIS_OF_CODE = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
 
@@ -50,6 +55,12 @@ class SubjectParams:
     background_phase_rad: float = 15.0  # spread (1st-99th percentile) of the background phase in brain
     template_resolution_mm: int = 1  # MNI152 maps at 1 mm or block-averaged to 2 mm
     field_grid_mm: float = 2.0  # spacing of the grid on which the tissue field is convolved
+    # Beyond one template and one scanner (the `training` preset; 0 or empty = off):
+    warp_mm: float = 0.0  # largest displacement of a smooth random non-linear warp of the anatomy
+    atrophy_mm: float = 0.0  # tissue lost at every CSF border (twice that at the ventricles)
+    tissue_factors: tuple[tuple[str, float, float, float], ...] = ()  # (tissue, m0 x, R2* x, chi + ppm)
+    ringing: float = 0.0  # fraction of k-space cut from each end of the in-plane axes (Gibbs ringing)
+    ghosting: float = 0.0  # fraction of phase-encode lines acquired with the head moved (motion ghosts)
 
     def __post_init__(self) -> None:
         codes = self.orientation
@@ -67,6 +78,8 @@ class SubjectParams:
             raise InputError("lesion and vein counts must not be negative")
         if self.template_resolution_mm not in (1, 2):
             raise InputError(f"template_resolution_mm {self.template_resolution_mm} must be 1 or 2")
+        if min(self.warp_mm, self.atrophy_mm, self.ringing, self.ghosting) < 0 or max(self.ringing, self.ghosting) >= 0.5:
+            raise InputError("warp_mm and atrophy_mm must not be negative; ringing and ghosting lie in [0, 0.5)")
 
 
 def _uniform(rng: np.random.Generator, lo: float, hi: float, decimals: int = 4) -> float:
@@ -92,6 +105,16 @@ def _voxel_sizes(
     return (a, b, c)
 
 
+def _tissue_factors(rng: np.random.Generator) -> tuple[tuple[str, float, float, float], ...]:
+    """Per-head proton density and R2* factors and susceptibility offsets of the brain tissues
+    (CSF is the susceptibility reference): scanners, sequences and ages differ in all three."""
+    return tuple(
+        (name, _uniform(rng, 0.85, 1.15, 3), _uniform(rng, 0.75, 1.35, 3),
+         0.0 if name == "csf" else _uniform(rng, -0.02, 0.02, 4))
+        for name in ("wm", "gm", "deep_gm", "csf")
+    )
+
+
 def _lesion_count(rng: np.random.Generator, p_none: float, hi: int) -> int:
     """Many real scans have no microbleed; the rest have a few."""
     return 0 if rng.random() < p_none else int(rng.integers(1, hi + 1))
@@ -105,8 +128,11 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     ``diverse``: wide ranges of resolution, field, TE, SNR, orientation and units; ~20 %
     magnitude-only (the validation cohort of the classifier: it has to cope with any of it).
     ``training``: ``diverse`` with more microbleeds, calcifications and veins per scan, so that
-    each simulated scan gives the classifier more examples of each kind, and wider ranges of vein
-    size and susceptibility and of deep-grey-matter iron (mimics it must know beyond the validation's).
+    each simulated scan gives the classifier more examples of each kind; wider ranges of vein
+    size and susceptibility and of deep-grey-matter iron (mimics it must know beyond the validation's);
+    wider protocols (in-plane 0.4-1.2 mm, slices 1-3.5 mm, TE 10-40 ms, SNR 6-40); and heads beyond
+    the one template: a smooth non-linear warp, atrophy, per-head tissue properties, ringing and
+    motion ghosts.
     ``site``: one site outside the training ranges, for adapting the classifier to it (``cmbflow
     finetune``): 3 T, 1.1-1.25 mm in-plane and 3.2-3.6 mm slices (veins crossing them look like
     dots), long TE, low SNR, more veins of higher susceptibility, more iron in deep grey matter,
@@ -117,8 +143,16 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     """
     if preset == "training":
         params = sample_subject_params(rng, "diverse")
+        slice_axis = int(np.argmax(params.voxel_size_mm))
+        in_plane = _uniform(rng, *TRAINING_IN_PLANE_MM, 2)
+        # The thinnest slices only with coarser in-plane voxels: grids stay under ~25 M voxels.
+        slice_mm = max(_uniform(rng, *TRAINING_SLICE_MM, 2), round(MIN_VOXEL_MM3 / in_plane**2 + 0.005, 2))
+        voxel_size = tuple(slice_mm if a == slice_axis else in_plane for a in range(3))
         return replace(
             params,
+            voxel_size_mm=voxel_size,  # type: ignore[arg-type]
+            te_s=_uniform(rng, 0.010, 0.040, 5),
+            snr=_uniform(rng, 6.0, 40.0, 2),
             n_cmb=int(rng.integers(5, 26)),
             n_calcifications=int(rng.integers(1, 7)),
             n_veins=int(rng.integers(10, 21)),
@@ -126,6 +160,11 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
             cortical_vein_diameter_mm=(0.6, 3.0),
             medullary_vein_diameter_mm=(0.5, 1.6),
             deep_gm_chi_ppm=_uniform(rng, 0.03, 0.25),
+            warp_mm=_uniform(rng, 0.0, 5.0, 2),
+            atrophy_mm=0.0 if rng.random() < 0.4 else _uniform(rng, 0.3, 1.5, 2),
+            tissue_factors=_tissue_factors(rng),
+            ringing=0.0 if rng.random() < 0.6 else _uniform(rng, 0.05, 0.2, 3),
+            ghosting=0.0 if rng.random() < 0.6 else _uniform(rng, 0.02, 0.1, 3),
         )
     if preset == "tiny":
         orientation = _axial_orientation(rng, ("RAS", "LAS", "LPS"))

@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 from cmbflow.image import b0_direction_voxel, ijk_to_xyz, xyz_to_ijk
 from cmbflow.simulate import physics
 from cmbflow.simulate.anatomy import Lesion, MniCanvas, Vein, mni_canvas, place_lesions, place_veins
-from cmbflow.simulate.geometry import MNI_HEAD_CENTRE, acquisition_grid, world_from_mni
+from cmbflow.simulate.geometry import MNI_HEAD_CENTRE, Warp, acquisition_grid, draw_warp, world_from_mni
 from cmbflow.simulate.nuclei import IronNucleus, draw_nuclei, iron_map
 from cmbflow.simulate.params import SubjectParams
 
@@ -74,6 +74,11 @@ class Anatomy:
     lesions: list[Lesion]  # in the order of their track ids (1, 2, ...)
     veins: list[Vein]
     nuclei: list[IronNucleus]  # both sides of every iron-rich nucleus
+    warp: Warp | None = None  # how this head differs from the template, beyond its pose
+
+    def to_world(self, head: npt.NDArray[np.float64], template_mni: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """World mm of template positions (N, 3) in this head, posed by ``head`` (MNI -> world)."""
+        return _apply(head, template_mni if self.warp is None else self.warp.head_position(template_mni))
 
 
 def simulate_subject(params: SubjectParams, rng: np.random.Generator) -> SimulatedSubject:
@@ -95,7 +100,8 @@ def draw_anatomy(params: SubjectParams, rng: np.random.Generator) -> Anatomy:
     }
     lesions = place_lesions(canvas, params, rng)
     veins = place_veins(canvas, params, lesions, world_from_mni(params), rng)
-    return Anatomy(layers_mm, lesions, veins, draw_nuclei(rng))
+    nuclei = draw_nuclei(rng)
+    return Anatomy(layers_mm, lesions, veins, nuclei, draw_warp(rng, params.warp_mm) if params.warp_mm > 0 else None)
 
 
 def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Generator) -> SimulatedSubject:
@@ -113,11 +119,11 @@ def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Genera
     block = np.maximum(1, np.round(params.field_grid_mm / vs)).astype(int)
     head_extent = sum(layers_mm.values()) / scale  # MNI mm outside the brain surface
     points = canvas.head_points[canvas.head_points[:, 3] <= head_extent, :3].astype(float)
-    affine, shape = acquisition_grid(params, _apply(head, points), multiple_of=tuple(block))
+    affine, shape = acquisition_grid(params, anatomy.to_world(head, points), multiple_of=tuple(block))
 
     world = _world_coordinates(affine, shape)
-    fractions, iron = _tissue_fractions(canvas, head, affine, shape, layers_mm, scale, anatomy.nuclei)
-    air_centres = [(_apply(head, np.asarray([c]))[0], r * scale) for c, r in AIR_CAVITIES_MNI]
+    fractions, iron = _tissue_fractions(canvas, head, affine, shape, params, anatomy)
+    air_centres = [(anatomy.to_world(head, np.asarray([c]))[0], r * scale) for c, r in AIR_CAVITIES_MNI]
     air_field = np.zeros(shape, np.float32)
     for centre, radius in air_centres:
         offsets = tuple(w - np.float32(c) for w, c in zip(world, centre))
@@ -143,17 +149,18 @@ def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Genera
     signal = tissue_signal * np.exp(1j * np.float32(rad_per_ppm) * smooth_field).astype(np.complex64)
     signal *= _intravoxel_dephasing(smooth_field, rad_per_ppm)
     fine = _FineRegion(shape, vs, b0_grid, params)
-    lesion_ijk = [xyz_to_ijk(affine, _apply(head, np.asarray([lesion.mni])))[0] for lesion in lesions]
+    lesion_ijk = [xyz_to_ijk(affine, anatomy.to_world(head, np.asarray([lesion.mni])))[0] for lesion in lesions]
     for lesion, ijk in zip(lesions, lesion_ijk):
         fine.add_sphere(lesion, ijk, rad_per_ppm)
     for vein in veins:
-        fine.add_vein(vein, xyz_to_ijk(affine, _apply(head, vein.points_mni)), rad_per_ppm)
+        fine.add_vein(vein, xyz_to_ijk(affine, anatomy.to_world(head, vein.points_mni)), rad_per_ppm)
     fine.render(signal, tissue_signal, smooth_field, rad_per_ppm)
     del smooth_field, tissue_signal
 
     bias = np.exp(np.float32(params.bias_amplitude) * _normalised(_polynomial(world, head, bias_coeffs), brain))
     signal *= (bias * np.exp(1j * receiver_phase)).astype(np.complex64)
     del bias, world
+    signal = _artefacts(signal, affine, params, rng)
     peak = float(np.percentile(np.abs(signal[brain]), 99))
     signal *= np.float32(MAGNITUDE_PEAK / peak)
     sigma = MAGNITUDE_PEAK / params.snr
@@ -178,12 +185,13 @@ def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Genera
         "noise_sigma": round(sigma, 6),
         "magnitude_peak": MAGNITUDE_PEAK,
         "rad_per_ppm": round(rad_per_ppm, 6),
-        "tissues": {name: asdict(t) for name, t in physics.TISSUES.items()},
+        "tissues": {name: asdict(t) for name, t in _tissues(params).items()},
+        "warp": None if anatomy.warp is None else {name: np.round(v, 6).tolist() for name, v in asdict(anatomy.warp).items()},
         "n_cmb": int((truth["kind"] == "cmb").sum()),
         "n_calcifications": int((truth["kind"] == "calcification").sum()),
         "n_veins": len(veins),
-        "veins": [_vein_record(v, head) for v in veins],
-        "iron_nuclei": [_nucleus_record(n, head) for n in anatomy.nuclei],
+        "veins": [_vein_record(v, anatomy.to_world(head, v.points_mni)) for v in veins],
+        "iron_nuclei": [_nucleus_record(n, anatomy.to_world(head, np.asarray([n.centre_mni]))[0]) for n in anatomy.nuclei],
         "brain_volume_ml": round(float(brain.sum() * np.prod(vs)) / 1000.0, 3),
     }
     return SimulatedSubject(params, magnitude, phase, affine, brain.astype(np.uint8), truth, realised)
@@ -208,23 +216,35 @@ def _tissue_fractions(
     head: npt.NDArray[np.float64],
     affine: npt.NDArray[np.float64],
     shape: tuple[int, int, int],
-    layers_mm: dict[str, float],
-    scale: float,
-    nuclei: list[IronNucleus],
+    params: SubjectParams,
+    anatomy: Anatomy,
 ) -> tuple[dict[str, npt.NDArray[np.float32]], npt.NDArray[np.float32]]:
     """Partial-volume fraction of every tissue class in every acquisition voxel, and the iron of
     the deep nuclei there (ppm; in tissue only)."""
-    index_map = np.linalg.inv(canvas.affine) @ np.linalg.inv(head) @ affine
+    if anatomy.warp is None:
+        index_map = np.linalg.inv(canvas.affine) @ np.linalg.inv(head) @ affine
 
-    def resample(volume: npt.NDArray[np.float32], cval: float = 0.0) -> npt.NDArray[np.float32]:
-        return ndi.affine_transform(volume, index_map, output_shape=shape, order=1, mode="constant", cval=cval)
+        def resample(volume: npt.NDArray[np.float32], cval: float = 0.0) -> npt.NDArray[np.float32]:
+            return ndi.affine_transform(volume, index_map, output_shape=shape, order=1, mode="constant", cval=cval)
+    else:
+        index = _warped_template_index(canvas, np.linalg.inv(head) @ affine, shape, anatomy.warp)
+
+        def resample(volume: npt.NDArray[np.float32], cval: float = 0.0) -> npt.NDArray[np.float32]:
+            return ndi.map_coordinates(volume, index, order=1, mode="constant", cval=cval).reshape(shape)
 
     brain = resample(canvas.brain)
     gm, wm, deep = resample(canvas.gm), resample(canvas.wm), resample(canvas.deep_gm)
     sdist = resample(canvas.sdist, cval=1000.0)
-    iron = iron_map(canvas.origin_mm, canvas.resolution_mm, canvas.gm.shape, nuclei)
+    iron = iron_map(canvas.origin_mm, canvas.resolution_mm, canvas.gm.shape, anatomy.nuclei)
     iron = resample(iron * np.clip(canvas.gm + canvas.wm, 0, 1))
+    if params.atrophy_mm > 0:
+        # Tissue recedes from every CSF border: sulci widen, and the ventricles (deep below the
+        # surface) twice as much. What tissue loses, CSF gains (the brain fraction stays).
+        loss = np.float32(params.atrophy_mm) * (1 + np.clip(-sdist / np.float32(20.0), 0, 1))
+        keep = np.clip(resample(canvas.tissue_depth) + 1 - loss, 0, 1)
+        gm, wm, deep, iron = gm * keep, wm * keep, deep * keep, iron * keep
     outside = 1.0 - brain
+    layers_mm, scale = anatomy.layers_mm, params.head_scale
     edges = np.cumsum([layers_mm["csf_rim"], layers_mm["skull"], layers_mm["scalp"]]) / scale
     within = [np.clip((edge - sdist) / canvas.resolution_mm + 0.5, 0, 1) for edge in edges]
     return {
@@ -238,6 +258,24 @@ def _tissue_fractions(
     }, iron
 
 
+def _warped_template_index(
+    canvas: MniCanvas, mni_from_voxel: npt.NDArray[np.float64], shape: tuple[int, int, int], warp: Warp
+) -> npt.NDArray[np.float32]:
+    """Canvas voxel index (3, N) of the template position that every acquisition voxel images."""
+    q = np.stack([c.ravel() for c in _world_coordinates(mni_from_voxel, shape)], axis=1)
+    q += warp.displacement(q)
+    return ((q - canvas.origin_mm.astype(np.float32)) / np.float32(canvas.resolution_mm)).T
+
+
+def _tissues(params: SubjectParams) -> dict[str, physics.Tissue]:
+    """This head's tissue table: the defaults with its proton density, R2* and susceptibility changes."""
+    tissues = dict(physics.TISSUES)
+    for name, m0, r2star, chi in params.tissue_factors:
+        t = tissues[name]
+        tissues[name] = physics.Tissue(t.m0 * m0, t.r2star_3t * r2star, t.chi_ppm + chi)
+    return tissues
+
+
 def _tissue_field(
     fractions: dict[str, npt.NDArray[np.float32]],
     iron: npt.NDArray[np.float32],
@@ -247,9 +285,10 @@ def _tissue_field(
     b0_grid: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float32]:
     """Field (ppm) of the tissue susceptibility, convolved on a coarser grid in the acquisition axes."""
-    chi = fractions["deep_gm"] * np.float32(params.deep_gm_chi_ppm) + iron
+    tissues = _tissues(params)
+    chi = fractions["deep_gm"] * np.float32(params.deep_gm_chi_ppm + tissues["deep_gm"].chi_ppm) + iron
     for name in ("wm", "gm", "csf", "skull", "scalp"):
-        chi += fractions[name] * np.float32(physics.TISSUES[name].chi_ppm)
+        chi += fractions[name] * np.float32(tissues[name].chi_ppm)
     b = block
     blocks = [(n // f, f) for n, f in zip(chi.shape, b)]
     coarse = chi.reshape([v for pair in blocks for v in pair]).mean(axis=(1, 3, 5))
@@ -287,18 +326,49 @@ def _tissue_signal(
     """Complex GRE signal of the voxel's tissue mixture before any field (fat carries its shift;
     the nuclei's iron its extra R2*)."""
     te, b0 = params.te_s, params.b0_tesla
+    tissues = _tissues(params)
     signal = np.zeros(fractions["brain"].shape, np.complex64)
     for name in ("wm", "gm", "csf", "skull", "scalp"):
-        tissue = physics.TISSUES[name]
+        tissue = tissues[name]
         weight = tissue.m0 * np.exp(-te * physics.r2star(tissue.r2star_3t, b0))
         if name == "scalp":
             weight = weight * np.exp(1j * rad_per_ppm * physics.FAT_SHIFT_PPM)
         signal += fractions[name] * np.complex64(weight)
-    deep = physics.TISSUES["deep_gm"]
+    deep = tissues["deep_gm"]
     r2_deep = physics.r2star(deep.r2star_3t + physics.IRON_R2STAR_PER_PPM_3T * params.deep_gm_chi_ppm, b0)
     signal += fractions["deep_gm"] * np.complex64(deep.m0 * np.exp(-te * r2_deep))
     signal *= np.exp(np.float32(-te) * physics.r2star(physics.IRON_R2STAR_PER_PPM_3T * iron, b0)).astype(np.float32)
     return signal
+
+
+def _artefacts(
+    signal: npt.NDArray[np.complex64], affine: npt.NDArray[np.float64], params: SubjectParams,
+    rng: np.random.Generator,
+) -> npt.NDArray[np.complex64]:
+    """Gibbs ringing (k-space cut at both ends of the in-plane axes) and motion ghosts (some
+    phase-encode lines, periodic in acquisition order, recorded with the head shifted 1-3 mm)."""
+    if not (params.ringing or params.ghosting):
+        return signal
+    in_plane = [a for a in range(3) if a != int(np.argmax(params.voxel_size_mm))]
+    kspace = np.fft.fftn(signal)
+    frequencies = [np.fft.fftfreq(n).astype(np.float32) for n in signal.shape]  # cycles per voxel
+    if params.ringing:
+        for a in in_plane:
+            keep = np.abs(frequencies[a]) < 0.5 - params.ringing
+            kspace *= keep.reshape([-1 if b == a else 1 for b in range(3)])
+    if params.ghosting:
+        pe = in_plane[int(rng.integers(2))]
+        period = int(rng.integers(4, 17))
+        bad = (np.fft.ifftshift(np.arange(signal.shape[pe])) % period) < max(1, round(params.ghosting * period))
+        direction = rng.standard_normal(3)
+        shift_mm = direction / np.linalg.norm(direction) * rng.uniform(1.0, 3.0)
+        shift_voxels = np.linalg.solve(affine[:3, :3], shift_mm)  # a world shift in array axes
+        ramp = sum(f.reshape([-1 if b == a else 1 for b in range(3)]) * np.float32(d)
+                   for a, (f, d) in enumerate(zip(frequencies, shift_voxels)))
+        moved = np.exp(np.complex64(-2j * np.pi) * ramp)
+        lines = bad.reshape([-1 if b == pe else 1 for b in range(3)])
+        kspace = np.where(lines, kspace * moved, kspace)
+    return np.fft.ifftn(kspace).astype(np.complex64)
 
 
 def _intravoxel_dephasing(field: npt.NDArray[np.float32], rad_per_ppm: float) -> npt.NDArray[np.float32]:
@@ -510,8 +580,7 @@ def _truth_table(
     return pd.DataFrame(rows, columns=TRUTH_COLUMNS)
 
 
-def _vein_record(vein: Vein, head: npt.NDArray[np.float64]) -> dict:
-    points = _apply(head, vein.points_mni)
+def _vein_record(vein: Vein, points: npt.NDArray[np.float64]) -> dict:
     steps = np.diff(points, axis=0)
     lengths = np.linalg.norm(steps, axis=1)
     cos_b0 = np.abs(steps[:, 2]) / np.maximum(lengths, 1e-9)
@@ -525,9 +594,8 @@ def _vein_record(vein: Vein, head: npt.NDArray[np.float64]) -> dict:
     }
 
 
-def _nucleus_record(nucleus: IronNucleus, head: npt.NDArray[np.float64]) -> dict:
+def _nucleus_record(nucleus: IronNucleus, xyz: npt.NDArray[np.float64]) -> dict:
     """Where an iron nucleus lies in the scanner (world mm) and in MNI, with its size and iron."""
-    xyz = _apply(head, np.asarray([nucleus.centre_mni]))[0]
     return {
         "name": nucleus.name,
         "side": nucleus.side,
