@@ -13,8 +13,9 @@ from cmbflow.errors import InputError
 from cmbflow.image import ijk_to_xyz, voxel_sizes, xyz_to_ijk
 from cmbflow.simulate import PRESETS, SubjectParams, sample_subject_params, simulate_cohort, simulate_subject
 from cmbflow.simulate.anatomy import LESION_GAP_MM, lesion_region
+from cmbflow.simulate.geometry import draw_warp
 from cmbflow.simulate.physics import GAMMA_BAR_MHZ_PER_T, dipole_field, phase_per_ppm, sphere_field
-from cmbflow.simulate.subject import TRUTH_COLUMNS
+from cmbflow.simulate.subject import TRUTH_COLUMNS, _artefacts
 
 SEED = [7, 2]
 
@@ -90,6 +91,12 @@ def test_sampling_is_deterministic_and_within_preset_ranges():
     training = [sample_subject_params(np.random.default_rng([3, i]), "training") for i in range(1, 40)]
     assert all(p.n_cmb >= 5 and p.n_calcifications >= 1 for p in training)
     assert np.mean([p.n_cmb for p in training]) > 2 * np.mean([p.n_cmb for p in diverse])
+    assert all(0.4 <= min(p.voxel_size_mm) and max(p.voxel_size_mm) <= 3.5 and np.prod(p.voxel_size_mm) >= 0.45
+               and 0.010 <= p.te_s <= 0.040 and 6 <= p.snr <= 40 and 0 <= p.warp_mm <= 5 for p in training)
+    assert min(min(p.voxel_size_mm) for p in training) < 0.5 and max(max(p.voxel_size_mm) for p in training) > 3.0
+    for variation in ("atrophy_mm", "ringing", "ghosting"):  # some heads, not all
+        assert 0.1 < np.mean([getattr(p, variation) > 0 for p in training]) < 0.9, variation
+    assert all(p.warp_mm == p.atrophy_mm == p.named_mimic_p == 0 and not p.tissue_factors for p in diverse)
     with pytest.raises(InputError, match="orientation"):
         dataclasses.replace(standard[0], orientation="RRS")
     with pytest.raises(InputError, match="preset"):
@@ -279,3 +286,63 @@ def test_same_seed_writes_byte_identical_files(cohorts):
         twin = with_sessions / str(path.relative_to(plain)).replace("sub-001/", "sub-001/ses-01/").replace(
             "sub-001_", "sub-001_ses-01_")
         assert path.read_bytes() == twin.read_bytes(), path
+
+
+def test_warp_is_bounded_and_head_positions_invert_it():
+    warp = draw_warp(np.random.default_rng(5), 5.0)
+    p = np.random.default_rng(6).uniform(-90, 90, (500, 3))
+    moved = np.linalg.norm(warp.displacement(p), axis=1)
+    assert 0.5 < moved.max() <= 5.0
+    q = warp.head_position(p)
+    assert np.abs(q + warp.displacement(q) - p).max() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def varied_subject():
+    """The lesion subject with the training-only variations but atrophy (which moves where lesions
+    fit): a warped head with its own tissue properties, ringing, motion ghosts and all named mimics."""
+    changes = dict(warp_mm=5.0, tissue_factors=(("gm", 1.1, 1.2, 0.01), ("wm", 0.9, 0.8, -0.01)),
+                   ringing=0.1, ghosting=0.05, named_mimic_p=1.0)
+    return simulate_subject(lesion_params(**changes), np.random.default_rng(SEED))
+
+
+def test_varied_head_keeps_lesions_at_their_truth_and_adds_the_named_mimics(subject, varied_subject):
+    """The same lesions as the plain head (in template space), dark where the warped head puts them."""
+    assert varied_subject.realised["warp"] is not None
+    placed = varied_subject.lesions.iloc[:len(subject.lesions)]
+    assert np.allclose(placed[["mni_x", "mni_y", "mni_z"]], subject.lesions[["mni_x", "mni_y", "mni_z"]])
+    assert not np.allclose(placed[["x", "y", "z"]], subject.lesions[["x", "y", "z"]], atol=0.2)
+    test_each_lesion_is_a_dark_spot_centred_on_its_truth_position(dataclasses.replace(varied_subject, lesions=placed))
+    calcifications = varied_subject.lesions[varied_subject.lesions.kind == "calcification"]
+    assert len(calcifications) >= (subject.lesions.kind == "calcification").sum() + 3
+    at_pineal = np.hypot(calcifications.mni_x, calcifications.mni_y + 31.0) < 4
+    assert at_pineal.sum() == 1 and calcifications[at_pineal].region.iloc[0] == "deep"
+    vessels = [v for v in varied_subject.realised["veins"] if v["kind"] in ("deep_vein", "artery")]
+    assert {v["kind"] for v in vessels} == {"deep_vein", "artery"}
+    for artery in (v for v in vessels if v["kind"] == "artery"):  # flow voids: dark, with no field
+        middle = artery["points_xyz"][len(artery["points_xyz"]) // 2]
+        core, _, _ = neighbourhood(varied_subject.magnitude, varied_subject.affine, middle, 1.0)
+        assert core.min() < 0.8 * local_tissue(varied_subject.magnitude, varied_subject.affine, middle), artery
+
+
+def test_atrophy_widens_the_csf_spaces(subject):
+    atrophic = simulate_subject(lesion_params(atrophy_mm=1.5), np.random.default_rng(SEED))
+    assert np.array_equal(atrophic.brain_mask, subject.brain_mask)
+    brain = subject.brain_mask > 0
+    bright = np.percentile(subject.magnitude[brain], 90)  # CSF is the brightest part of the brain here
+    assert (atrophic.magnitude[brain] > bright).mean() > 1.5 * (subject.magnitude[brain] > bright).mean()
+
+
+def test_ringing_oscillates_at_edges_and_ghosts_repeat_along_phase_encoding():
+    params = lesion_params(voxel_size_mm=(1.0, 1.0, 3.0))  # axis 2 is the slice axis
+    image = np.zeros((64, 64, 16), np.complex64)
+    image[24:39, 24:39, 4:12] = 1.0  # an odd width: its spectrum has no zeros on whole lines
+    ringing = np.abs(_artefacts(image, np.eye(4), dataclasses.replace(params, ringing=0.2), np.random.default_rng(0)))
+    profile = ringing[:, 32, 8]
+    assert profile[39:43].max() > 0.02 and (np.diff(np.sign(np.diff(profile[39:52]))) != 0).sum() >= 2
+    assert np.abs(ringing[32, 32, :4]).max() < 1e-5  # nothing along the slice axis
+    ghosted = np.abs(_artefacts(image, np.eye(4), dataclasses.replace(params, ghosting=0.1), np.random.default_rng(0)))
+    outside = np.ones(image.shape, bool)
+    outside[20:44, 20:44, :] = False  # the object plus the largest shift
+    assert ghosted[outside].max() > 0.02
+    assert np.abs(ghosted[26:38, 26:38, 6:10] - 1).max() < 0.5

@@ -196,7 +196,7 @@ class Lesion:
 class Vein:
     """A tubular vein: centre line in MNI mm, true diameter and susceptibility relative to tissue."""
 
-    kind: str  # "cortical" or "medullary"
+    kind: str  # "cortical", "medullary", "deep_vein" or "artery" (a flow void: no susceptibility)
     points_mni: npt.NDArray[np.float64]  # (N, 3), 0.5 mm steps
     diameter_mm: float
     chi_ppm: float

@@ -61,6 +61,7 @@ class SubjectParams:
     tissue_factors: tuple[tuple[str, float, float, float], ...] = ()  # (tissue, m0 x, R2* x, chi + ppm)
     ringing: float = 0.0  # fraction of k-space cut from each end of the in-plane axes (Gibbs ringing)
     ghosting: float = 0.0  # fraction of phase-encode lines acquired with the head moved (motion ghosts)
+    named_mimic_p: float = 0.0  # chance of each physiological calcification, deep vein and flow void
 
     def __post_init__(self) -> None:
         codes = self.orientation
@@ -80,6 +81,8 @@ class SubjectParams:
             raise InputError(f"template_resolution_mm {self.template_resolution_mm} must be 1 or 2")
         if min(self.warp_mm, self.atrophy_mm, self.ringing, self.ghosting) < 0 or max(self.ringing, self.ghosting) >= 0.5:
             raise InputError("warp_mm and atrophy_mm must not be negative; ringing and ghosting lie in [0, 0.5)")
+        if not 0 <= self.named_mimic_p <= 1:
+            raise InputError(f"named_mimic_p {self.named_mimic_p} is not a probability")
 
 
 def _uniform(rng: np.random.Generator, lo: float, hi: float, decimals: int = 4) -> float:
@@ -132,7 +135,7 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     size and susceptibility and of deep-grey-matter iron (mimics it must know beyond the validation's);
     wider protocols (in-plane 0.4-1.2 mm, slices 1-3.5 mm, TE 10-40 ms, SNR 6-40); and heads beyond
     the one template: a smooth non-linear warp, atrophy, per-head tissue properties, ringing and
-    motion ghosts.
+    motion ghosts; and the named mimics (physiological calcifications, deep veins, flow voids).
     ``site``: one site outside the training ranges, for adapting the classifier to it (``cmbflow
     finetune``): 3 T, 1.1-1.25 mm in-plane and 3.2-3.6 mm slices (veins crossing them look like
     dots), long TE, low SNR, more veins of higher susceptibility, more iron in deep grey matter,
@@ -165,6 +168,7 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
             tissue_factors=_tissue_factors(rng),
             ringing=0.0 if rng.random() < 0.6 else _uniform(rng, 0.05, 0.2, 3),
             ghosting=0.0 if rng.random() < 0.6 else _uniform(rng, 0.02, 0.1, 3),
+            named_mimic_p=_uniform(rng, 0.2, 0.8, 2),
         )
     if preset == "tiny":
         orientation = _axial_orientation(rng, ("RAS", "LAS", "LPS"))

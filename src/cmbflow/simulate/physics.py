@@ -39,6 +39,7 @@ TISSUES: dict[str, Tissue] = {
     "skull": Tissue(0.0, 0.0, -2.0),  # cortical bone: no signal, diamagnetic
     "scalp": Tissue(1.50, 30.0, 0.6),  # subcutaneous fat: bright (short T1), chemically shifted
     "vein": Tissue(0.75, 50.0, 0.0),  # deoxygenated blood; chi per vein
+    "flow_void": Tissue(0.05, 20.0, 0.0),  # fast arterial flow: spins leave before the echo
     "calcification": Tissue(0.15, 100.0, 0.0),  # chi per lesion
 }
 

@@ -32,6 +32,7 @@ from cmbflow.image import b0_direction_voxel, ijk_to_xyz, xyz_to_ijk
 from cmbflow.simulate import physics
 from cmbflow.simulate.anatomy import Lesion, MniCanvas, Vein, mni_canvas, place_lesions, place_veins
 from cmbflow.simulate.geometry import MNI_HEAD_CENTRE, Warp, acquisition_grid, draw_warp, world_from_mni
+from cmbflow.simulate.mimics import draw_named_mimics
 from cmbflow.simulate.nuclei import IronNucleus, draw_nuclei, iron_map
 from cmbflow.simulate.params import SubjectParams
 
@@ -101,7 +102,11 @@ def draw_anatomy(params: SubjectParams, rng: np.random.Generator) -> Anatomy:
     lesions = place_lesions(canvas, params, rng)
     veins = place_veins(canvas, params, lesions, world_from_mni(params), rng)
     nuclei = draw_nuclei(rng)
-    return Anatomy(layers_mm, lesions, veins, nuclei, draw_warp(rng, params.warp_mm) if params.warp_mm > 0 else None)
+    warp = draw_warp(rng, params.warp_mm) if params.warp_mm > 0 else None
+    if params.named_mimic_p > 0:
+        named_lesions, named_veins = draw_named_mimics(params, lesions, veins, rng)
+        lesions, veins = lesions + named_lesions, veins + named_veins
+    return Anatomy(layers_mm, lesions, veins, nuclei, warp)
 
 
 def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Generator) -> SimulatedSubject:
@@ -400,6 +405,7 @@ class _VeinPiece:
     last: int
     radius_mm: float
     chi_ppm: float
+    tissue: physics.Tissue
 
 
 class _FineRegion:
@@ -441,6 +447,7 @@ class _FineRegion:
         """Split the vein into ~10 mm pieces, each convolved in its own box."""
         points = points_ijk * self.vs
         radius = vein.diameter_mm / 2
+        tissue = physics.TISSUES["flow_void" if vein.kind == "artery" else "vein"]
         reach = physics.cylinder_margin_mm(radius, vein.chi_ppm, rad_per_ppm, PHASE_TOLERANCE_RAD)
         step = np.linalg.norm(np.diff(points, axis=0), axis=1).mean()
         n_segments = len(points) - 1
@@ -449,7 +456,7 @@ class _FineRegion:
             last = min(first + per_piece, n_segments)
             own = points[first:last + 1]
             box = self._box(own.min(axis=0) - reach, own.max(axis=0) + reach)
-            self.objects.append(_VeinPiece(box, points, first, last, radius, vein.chi_ppm))
+            self.objects.append(_VeinPiece(box, points, first, last, radius, vein.chi_ppm, tissue))
 
     def _fine_axes(self, box: tuple[slice, ...]) -> list[npt.NDArray[np.float64]]:
         """Grid-mm coordinate of every sub-voxel centre along each axis, in fine-array order."""
@@ -521,7 +528,7 @@ class _FineRegion:
         own_signal = np.zeros_like(field)  # sum over objects of occupancy x the object's own signal
         te, b0 = self.params.te_s, self.params.b0_tesla
         for obj in self.objects:
-            tissue = obj.tissue if isinstance(obj, _Sphere) else physics.TISSUES["vein"]
+            tissue = obj.tissue
             occupancy, obj_field = self._sphere(obj) if isinstance(obj, _Sphere) else self._vein_piece(obj)
             rows = row_of[obj.box].ravel()
             occupancy = self._to_rows(occupancy, obj.box)
