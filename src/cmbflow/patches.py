@@ -26,8 +26,8 @@ PATCH_MM = 20.0
 PATCH_SIZE = 16
 _MAGNITUDE_CLIP = 2.0
 
-#: Voxel sizes of the scans the shipped classifier was trained on (the simulator's ``diverse``
-#: preset draws from these): in-plane, and slice thickness, in mm.
+#: Voxel sizes of the scans the shipped classifier was trained on: in-plane, and slice thickness,
+#: in mm (the QC pages warn beyond them).
 TRAINED_IN_PLANE_MM = (0.5, 1.0)
 TRAINED_SLICE_MM = (1.5, 3.0)
 

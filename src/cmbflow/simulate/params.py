@@ -7,12 +7,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from cmbflow.errors import InputError
-from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 
 PRESETS = ("tiny", "standard", "diverse", "training", "site")
 PHASE_UNITS = ("rad", "arbitrary")
-#: Protocols of the `training` preset: wider than the validation's (`diverse`, the ranges of the
-#: shipped weights in cmbflow.patches), as wide as the scanners a core meets.
+#: Voxel sizes of the `diverse` preset (the classifier's validation cohort): in-plane, slices.
+DIVERSE_IN_PLANE_MM = (0.5, 1.0)
+DIVERSE_SLICE_MM = (1.5, 3.0)
+#: Protocols of the `training` preset: wider than the validation's, as wide as the scanners a core meets.
 TRAINING_IN_PLANE_MM = (0.4, 1.2)
 TRAINING_SLICE_MM = (1.0, 3.5)
 MIN_VOXEL_MM3 = 0.45
@@ -219,8 +220,8 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     if preset == "diverse":
         orientation = _any_orientation(rng)
         slice_world_axis = int(rng.choice(3, p=[0.2, 0.2, 0.6]))  # sagittal, coronal, axial slices
-        in_plane = _uniform(rng, *TRAINED_IN_PLANE_MM, 2)
-        slice_mm = _uniform(rng, *TRAINED_SLICE_MM, 2)
+        in_plane = _uniform(rng, *DIVERSE_IN_PLANE_MM, 2)
+        slice_mm = _uniform(rng, *DIVERSE_SLICE_MM, 2)
         oblique = (
             (_uniform(rng, -15, 15, 2), _uniform(rng, -5, 5, 2), 0.0) if rng.random() < 0.3 else (0.0, 0.0, 0.0)
         )
