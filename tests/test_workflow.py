@@ -360,6 +360,18 @@ def test_training_stage1_finds_what_the_workflow_finds(cohort, run, tmp_path):
         pd.testing.assert_frame_equal(stage1[columns], workflow[columns])
 
 
+def test_training_leaves_out_a_scan_the_workflow_would_reject(cohort, tmp_path):
+    """A scan whose brain mask fails is recorded as left out, with no candidates table to train on."""
+    bids = Path(shutil.copytree(cohort / "sub-002", tmp_path / "bids" / "sub-002")).parent
+    mag = bids / "sub-002" / "anat" / "sub-002_part-mag_T2starw.nii.gz"
+    image = nib.load(mag)
+    nib.save(nib.Nifti1Image(np.zeros(image.shape, np.float32), image.affine), mag)  # no signal anywhere
+    run_stage1(bids, "sub-002", tmp_path / "stage1", "last", PhaseConfig(), CandidateParams(), "cpu")
+    folder = tmp_path / "stage1" / "sub-002" / "anat"
+    assert not list(folder.glob(f"*{STAGE1_TABLE}.tsv"))
+    assert json.loads((folder / "sub-002_desc-excluded.json").read_text())["excluded"].startswith(f"sub-002: {mag}")
+
+
 @pytest.mark.dryrun
 def test_analysis_without_dataset_is_a_one_line_error(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),

@@ -271,6 +271,10 @@ def run_stage1(
 
     As separate jobs, each starting Python and importing torch and ANTs (3 s), a simulated scan
     spent about a third of its stage-1 time starting up; training runs 60 scans.
+
+    A scan whose anatomy step fails as the workflow would fail it (a brain mask it cannot trust,
+    say at the lowest SNR the training draws) is left out: ``<label>_desc-excluded.json`` records
+    why, and it has no candidates table, so training and validation skip it.
     """
     raw = Path(bids_dir) / label / "anat" / label
     phase_path = Path(f"{raw}_part-phase_T2starw.nii.gz")
@@ -279,8 +283,13 @@ def run_stage1(
     out.parent.mkdir(parents=True, exist_ok=True)
     n4, mask, hpphase, swi, table = (f"{out}{end}" for end in (N4_MAGNITUDE, BRAIN_MASK, HPPHASE, SWI, STAGE1_TABLE))
     xfm, warped = f"{out}{MNI_XFM}".removesuffix(".mat"), f"{out}_space-{MNI_SPACE}{N4_MAGNITUDE}"
-    prepare_anatomy(f"{raw}_part-mag_T2starw.nii.gz", None, echo, f"{n4}.nii.gz", f"{n4}.json", f"{mask}.nii.gz",
-                    f"{mask}.json", f"{xfm}.mat", f"{xfm}.json", f"{warped}.nii.gz", f"{warped}.json", label)
+    try:
+        prepare_anatomy(f"{raw}_part-mag_T2starw.nii.gz", None, echo, f"{n4}.nii.gz", f"{n4}.json", f"{mask}.nii.gz",
+                        f"{mask}.json", f"{xfm}.mat", f"{xfm}.json", f"{warped}.nii.gz", f"{warped}.json", label)
+    except InputError as error:
+        log.warning("left out of training: %s", error)
+        write_json({"excluded": str(error)}, f"{out}_desc-excluded.json")
+        return
     if has_phase:
         preprocess_phase(f"{n4}.nii.gz", phase_path, f"{mask}.nii.gz", echo, f"{hpphase}.nii.gz", f"{hpphase}.json",
                          f"{swi}.nii.gz", f"{swi}.json", phase_params, label)
