@@ -324,11 +324,12 @@ def test_killed_snakemake_resumes_on_rerun(cluster, cohort, reference, tmp_path)
 
 def test_added_session_reruns_only_its_subject_and_the_longitudinal_steps(cluster, tmp_path):
     """One subject with two sessions, then a third one: only that session's two SLURM jobs, the
-    subject's longitudinal job and the cohort's run."""
+    subject's longitudinal job and the cohort's run. The first two sessions run locally (the
+    cluster runs of whole datasets are the tests above), so the SLURM part is the added session."""
     simulate_cohort(tmp_path / "all", 1, seed=12, preset="tiny", sessions=3)
     bids = Path(shutil.copytree(tmp_path / "all", tmp_path / "bids", ignore=shutil.ignore_patterns("ses-03")))
     out = tmp_path / "out"
-    result = snakemake(bids, out, cluster=cluster)
+    result = snakemake(bids, out)
     assert result.returncode == 0, result.stdout[-4000:]
 
     shutil.copytree(tmp_path / "all" / "sub-001" / "ses-03", bids / "sub-001" / "ses-03")
