@@ -40,7 +40,7 @@ def draw_named_mimics(
 ) -> tuple[list[Lesion], list[Vein]]:
     """The head's physiological calcifications and deep vessels, clear of its lesions and veins."""
     new_lesions: list[Lesion] = []
-    for name, (centre, bilateral, diameters) in CALCIFICATION_SITES.items():
+    for centre, bilateral, diameters in CALCIFICATION_SITES.values():
         for mirror in (1.0, -1.0) if bilateral else (1.0,):
             if rng.random() >= params.named_mimic_p:
                 continue
@@ -53,7 +53,7 @@ def draw_named_mimics(
                 new_lesions.append(Lesion("calcification", position, diameter, chi, str(lesion_region(mni)[0]),
                                           "L" if mni[0] < 0 else "R"))
     new_veins: list[Vein] = []
-    for name, (path, kind, diameters) in VESSEL_PATHS.items():
+    for path, kind, diameters in VESSEL_PATHS.values():
         midline = max(abs(p[0]) for p in path) < 1.0
         for mirror in (1.0,) if midline else (1.0, -1.0):
             if rng.random() >= params.named_mimic_p:

@@ -80,7 +80,8 @@ class SubjectParams:
             raise InputError("lesion and vein counts must not be negative")
         if self.template_resolution_mm not in (1, 2):
             raise InputError(f"template_resolution_mm {self.template_resolution_mm} must be 1 or 2")
-        if min(self.warp_mm, self.atrophy_mm, self.ringing, self.ghosting) < 0 or max(self.ringing, self.ghosting) >= 0.5:
+        if min(self.warp_mm, self.atrophy_mm, self.ringing, self.ghosting) < 0 or \
+                max(self.ringing, self.ghosting) >= 0.5:
             raise InputError("warp_mm and atrophy_mm must not be negative; ringing and ghosting lie in [0, 0.5)")
         if not 0 <= self.named_mimic_p <= 1:
             raise InputError(f"named_mimic_p {self.named_mimic_p} is not a probability")

@@ -191,12 +191,13 @@ def image_anatomy(params: SubjectParams, anatomy: Anatomy, rng: np.random.Genera
         "magnitude_peak": MAGNITUDE_PEAK,
         "rad_per_ppm": round(rad_per_ppm, 6),
         "tissues": {name: asdict(t) for name, t in _tissues(params).items()},
-        "warp": None if anatomy.warp is None else {name: np.round(v, 6).tolist() for name, v in asdict(anatomy.warp).items()},
+        "warp": None if anatomy.warp is None else {k: np.round(v, 6).tolist() for k, v in asdict(anatomy.warp).items()},
         "n_cmb": int((truth["kind"] == "cmb").sum()),
         "n_calcifications": int((truth["kind"] == "calcification").sum()),
         "n_veins": len(veins),
         "veins": [_vein_record(v, anatomy.to_world(head, v.points_mni)) for v in veins],
-        "iron_nuclei": [_nucleus_record(n, anatomy.to_world(head, np.asarray([n.centre_mni]))[0]) for n in anatomy.nuclei],
+        "iron_nuclei": [_nucleus_record(n, anatomy.to_world(head, np.asarray([n.centre_mni]))[0])
+                        for n in anatomy.nuclei],
         "brain_volume_ml": round(float(brain.sum() * np.prod(vs)) / 1000.0, 3),
     }
     return SimulatedSubject(params, magnitude, phase, affine, brain.astype(np.uint8), truth, realised)
