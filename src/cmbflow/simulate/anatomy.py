@@ -356,15 +356,21 @@ def place_veins(
                 points = _trace_medullary(canvas, start, length, rng)
             if len(points) < int(0.6 * length / 0.5):
                 continue
-            clear = all(
-                scale * _min_distance(points, np.asarray([lesion.mni]))
-                >= lesion.diameter_mm / 2 + diameter / 2 + VEIN_LESION_GAP_MM
-                for lesion in lesions
-            ) and all(
-                scale * _min_distance(points, other.points_mni) >= (diameter + other.diameter_mm) / 2 + 1.0
-                for other in veins
-            )
-            if clear:
+            if vessel_is_clear(points, diameter, lesions, veins, scale):
                 veins.append(Vein(kind, points, diameter, chi))
                 break
     return veins
+
+
+def vessel_is_clear(
+    points: npt.NDArray[np.float64], diameter: float, lesions: Sequence[Lesion], vessels: Sequence[Vein], scale: float,
+) -> bool:
+    """Whether a vessel (centre line in MNI mm) keeps its margins from every lesion and vessel."""
+    return all(
+        scale * _min_distance(points, np.asarray([lesion.mni]))
+        >= lesion.diameter_mm / 2 + diameter / 2 + VEIN_LESION_GAP_MM
+        for lesion in lesions
+    ) and all(
+        scale * _min_distance(points, other.points_mni) >= (diameter + other.diameter_mm) / 2 + 1.0
+        for other in vessels
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from cmbflow.simulate.anatomy import LESION_GAP_MM, VEIN_LESION_GAP_MM, Lesion, Vein, lesion_region
+from cmbflow.simulate.anatomy import LESION_GAP_MM, Lesion, Vein, lesion_region, vessel_is_clear
 from cmbflow.simulate.params import SubjectParams
 
 #: Physiological calcification sites (right side; bilateral ones mirror x) and diameter ranges.
@@ -62,9 +62,8 @@ def draw_named_mimics(
             points = _polyline(corners)
             diameter = round(float(rng.uniform(*diameters)), 3)
             chi = 0.0 if kind == "artery" else round(float(rng.uniform(*params.vein_chi_ppm)), 4)
-            vein = Vein(kind, points, diameter, chi)
-            if _clear(vein, lesions + new_lesions, veins + new_veins, params.head_scale):
-                new_veins.append(vein)
+            if vessel_is_clear(points, diameter, lesions + new_lesions, veins + new_veins, params.head_scale):
+                new_veins.append(Vein(kind, points, diameter, chi))
     return new_lesions, new_veins
 
 
@@ -76,12 +75,3 @@ def _polyline(corners: npt.NDArray[np.float64], step: float = 0.5) -> npt.NDArra
         points.extend(a + (b - a) * t for t in np.arange(1, n + 1) / n)
     return np.asarray(points)
 
-
-def _clear(vein: Vein, lesions: list[Lesion], veins: list[Vein], scale: float) -> bool:
-    """Whether the vessel keeps the simulator's margins from every lesion and vessel."""
-    def gap(points: npt.NDArray[np.float64]) -> float:
-        return scale * float(np.sqrt(((vein.points_mni[:, None] - points[None]) ** 2).sum(-1)).min())
-
-    return all(gap(np.asarray([lesion.mni])) >= (lesion.diameter_mm + vein.diameter_mm) / 2 + VEIN_LESION_GAP_MM
-               for lesion in lesions) and all(
-        gap(other.points_mni) >= (vein.diameter_mm + other.diameter_mm) / 2 + 1.0 for other in veins)

@@ -207,10 +207,14 @@ def _apply(matrix: npt.NDArray[np.float64], points: npt.NDArray[np.float64]) -> 
     return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
+def _along(values: npt.NDArray, axis: int) -> npt.NDArray:
+    """A 1D array shaped to broadcast along ``axis`` of a 3D array."""
+    return values.reshape([-1 if a == axis else 1 for a in range(3)])
+
+
 def _world_coordinates(affine: npt.NDArray[np.float64], shape: tuple[int, int, int]) -> list[npt.NDArray[np.float32]]:
     """World x, y, z (float32) of every voxel centre."""
-    axes = [np.arange(n, dtype=np.float64).reshape([-1 if b == a else 1 for b in range(3)])
-            for a, n in enumerate(shape)]
+    axes = [_along(np.arange(n, dtype=np.float64), a) for a, n in enumerate(shape)]
     return [
         np.broadcast_to(sum(affine[w, a] * axes[a] for a in range(3)) + affine[w, 3], shape).astype(np.float32)
         for w in range(3)
@@ -360,8 +364,7 @@ def _artefacts(
     frequencies = [np.fft.fftfreq(n).astype(np.float32) for n in signal.shape]  # cycles per voxel
     if params.ringing:
         for a in in_plane:
-            keep = np.abs(frequencies[a]) < 0.5 - params.ringing
-            kspace *= keep.reshape([-1 if b == a else 1 for b in range(3)])
+            kspace *= _along(np.abs(frequencies[a]) < 0.5 - params.ringing, a)
     if params.ghosting:
         pe = in_plane[int(rng.integers(2))]
         period = int(rng.integers(4, 17))
@@ -369,11 +372,9 @@ def _artefacts(
         direction = rng.standard_normal(3)
         shift_mm = direction / np.linalg.norm(direction) * rng.uniform(1.0, 3.0)
         shift_voxels = np.linalg.solve(affine[:3, :3], shift_mm)  # a world shift in array axes
-        ramp = sum(f.reshape([-1 if b == a else 1 for b in range(3)]) * np.float32(d)
-                   for a, (f, d) in enumerate(zip(frequencies, shift_voxels)))
+        ramp = sum(_along(f, a) * np.float32(d) for a, (f, d) in enumerate(zip(frequencies, shift_voxels)))
         moved = np.exp(np.complex64(-2j * np.pi) * ramp)
-        lines = bad.reshape([-1 if b == pe else 1 for b in range(3)])
-        kspace = np.where(lines, kspace * moved, kspace)
+        kspace = np.where(_along(bad, pe), kspace * moved, kspace)
     return np.fft.ifftn(kspace).astype(np.complex64)
 
 
