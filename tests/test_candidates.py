@@ -9,6 +9,8 @@ import pytest
 
 from cmbflow.candidates import (
     CANDIDATE_COLUMNS,
+    ball_footprint,
+    darkest_nearby,
     drop_repeated_centres,
     find_candidates,
     phase_dipole,
@@ -154,3 +156,17 @@ def test_repeated_centres_keep_the_first_darkest_candidate() -> None:
     table = pd.DataFrame({"x": [0.0, 0.5, 3.0, 5.4], "y": 0.0, "z": 0.0, "contrast": [0.9, 0.8, 0.7, 0.6]})
     kept = drop_repeated_centres(table, 2.5)
     assert kept["contrast"].tolist() == [0.9, 0.7]  # 5.4 is within 2.5 of the kept 3.0
+
+
+def test_darkest_nearby_moves_each_seed_as_a_search_of_its_footprint_would():
+    rng = np.random.default_rng(3)
+    ratio = rng.random((30, 20, 12)).astype(np.float32)
+    ratio[10:14, 10:14, 5:8] = 0.0  # ties: the first of them in the footprint's order wins
+    seeds = np.vstack([rng.integers(0, ratio.shape, size=(300, 3)), [[0, 0, 0], [29, 19, 11], [11, 11, 6]]])
+    footprint = ball_footprint(2.0, (0.5, 0.7, 1.5))
+    offsets = np.argwhere(footprint) - np.array(footprint.shape) // 2
+    expected = []
+    for seed in seeds:
+        near = [tuple(v) for v in seed + offsets if np.all((v >= 0) & (v < ratio.shape))]
+        expected.append(min(near, key=lambda v: (ratio[v], near.index(v))))
+    np.testing.assert_array_equal(darkest_nearby(ratio, seeds, footprint), expected)

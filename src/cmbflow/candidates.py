@@ -122,15 +122,15 @@ def dark_components(
 def darkest_nearby(
     ratio: npt.NDArray[np.floating], seeds: npt.NDArray[np.int64], footprint: npt.NDArray[np.bool_]
 ) -> npt.NDArray[np.int64]:
-    """Move each seed to the darkest voxel within ``footprint`` around it."""
-    half = np.array(footprint.shape) // 2
-    offsets = np.argwhere(footprint) - half
-    shape = np.array(ratio.shape)
+    """Move each seed to the darkest voxel within ``footprint`` around it (of equally dark ones,
+    the first in the footprint's order)."""
+    offsets = np.argwhere(footprint) - np.array(footprint.shape) // 2
     moved = np.empty_like(seeds)
-    for n, seed in enumerate(seeds):
-        near = seed + offsets
-        near = near[np.all((near >= 0) & (near < shape), axis=1)]
-        moved[n] = near[np.argmin(ratio[tuple(near.T)])]
+    for start in range(0, len(seeds), 4096):  # bounded memory: (seeds, footprint voxels, 3) at a time
+        near = seeds[start:start + 4096, None, :] + offsets[None]
+        inside = np.all((near >= 0) & (near < ratio.shape), axis=2)
+        values = np.where(inside, ratio[tuple(np.clip(near, 0, np.array(ratio.shape) - 1).transpose(2, 0, 1))], np.inf)
+        moved[start:start + 4096] = near[np.arange(len(near)), np.argmin(values, axis=1)]
     return moved
 
 
