@@ -6,11 +6,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
 from cmbflow.candidates import (
     CANDIDATE_COLUMNS,
     ball_footprint,
     darkest_nearby,
+    darkest_voxels,
+    distance_to_outside,
     drop_repeated_centres,
     find_candidates,
     phase_dipole,
@@ -170,3 +173,25 @@ def test_darkest_nearby_moves_each_seed_as_a_search_of_its_footprint_would():
         near = [tuple(v) for v in seed + offsets if np.all((v >= 0) & (v < ratio.shape))]
         expected.append(min(near, key=lambda v: (ratio[v], near.index(v))))
     np.testing.assert_array_equal(darkest_nearby(ratio, seeds, footprint), expected)
+
+
+def test_darkest_voxels_match_scipys_minimum_position_with_ties_in_c_order():
+    rng = np.random.default_rng(5)
+    values = rng.integers(0, 6, size=(25, 18, 9)).astype(np.float32)  # many ties
+    labels, n = ndimage.label(values < 3)
+    index = np.arange(1, n + 1)[::2]
+    expected = [np.unravel_index(np.flatnonzero((labels == i) & (values == values[labels == i].min()))[0], values.shape)
+                for i in index]
+    np.testing.assert_array_equal(darkest_voxels(values, labels, index), expected)
+    values += rng.random(values.shape).astype(np.float32) * 0.1  # no ties: scipy's answer
+    np.testing.assert_array_equal(darkest_voxels(values, labels, index), ndimage.minimum_position(values, labels, index))
+
+
+def test_distance_to_outside_equals_the_distance_transform_at_the_points():
+    rng = np.random.default_rng(8)
+    mask = ndimage.binary_opening(rng.random((30, 24, 14)) < 0.8)
+    mask[:, :, 0] = True  # touching the array's edge: beyond it counts as outside
+    sizes = np.array([0.5, 0.8, 2.0])
+    points = np.argwhere(mask)
+    expected = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=sizes)[1:-1, 1:-1, 1:-1][tuple(points.T)]
+    np.testing.assert_allclose(distance_to_outside(mask, points, sizes), expected, rtol=1e-12)

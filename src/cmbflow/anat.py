@@ -290,11 +290,26 @@ def register_to_mni(
             type_of_transform="SyN" if transform == "syn" else "Affine",
             outprefix=str(Path(tmp) / "reg_"),
             random_seed=_ANTS_SEED,
+            mask=_mask_to_ants(_near_brain(resolution_mm), fixed),
+            mask_all_stages=True,
         )
         transforms = _store_transforms(reg, out_prefix)
     warped = reg["warpedmovout"]
     similarity = _entropy_correlation(warped.numpy(), fixed.numpy(), template_mask.get_fdata() > 0.5)
     return RegistrationResult(transforms, similarity, from_ants(warped))
+
+
+@lru_cache(maxsize=4)
+def _near_brain(resolution_mm: int, margin_mm: float = 6.0) -> npt.NDArray[np.bool_]:
+    """The template brain and ``margin_mm`` around it: where the registration metric is sampled.
+
+    The brain's edge and inside drive the fit; the empty rest of the template box adds samples
+    that hold no anatomy. On 10 simulated subjects the mask + registration time fell from 6.8 to
+    4.1 s, the brain mask's Dice rose from 0.982 to 0.988 and the MNI error at the
+    true microbleeds fell from 0.76 to 0.53 mm (benchmarks/RESULTS.md).
+    """
+    brain = _template(resolution_mm)[1].get_fdata() > 0.5
+    return ndimage.distance_transform_edt(~brain, sampling=float(resolution_mm)) <= margin_mm
 
 
 def _store_transforms(reg: dict, out_prefix: str | Path) -> Transforms:
