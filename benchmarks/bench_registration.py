@@ -1,6 +1,7 @@
 """The anatomy step's accuracy and time on simulated subjects: N4, template brain mask, MNI registration.
 
     python benchmarks/bench_registration.py [--subjects 10] [--seed 1800] [--preset diverse] [--bids DIR]
+                                            [--snr LOW HIGH]
 
 For each subject: N4, then the template brain mask and the subject's MNI transform from one
 registration (``cmbflow.anat.brain_mask_and_registration``). Prints, per subject and on average,
@@ -13,6 +14,7 @@ registration. To compare two versions, run it with each on ``PYTHONPATH`` and th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +25,9 @@ import pandas as pd
 
 from cmbflow import anat
 from cmbflow.mars import mars_atlas
-from cmbflow.simulate.bids import TRUTH_DIR, simulate_cohort
+from cmbflow.simulate.bids import TRUTH_DIR, simulate_cohort, write_subject
+from cmbflow.simulate.params import sample_subject_params
+from cmbflow.simulate.subject import simulate_subject
 from cmbflow.transforms import points_to_mni
 
 
@@ -51,18 +55,36 @@ def measure(bids: Path, label: str, atlas, tmp: Path) -> dict:
             "similarity": registration.similarity, "n4_s": n4_s, "mask_registration_s": registration_s}
 
 
+def simulate_at_snr(bids: Path, n: int, seed: int, preset: str, low: float, high: float) -> list[str]:
+    """Heads of ``preset`` drawn as the simulator draws them, each with its SNR redrawn in [low, high)
+    (the truth the measurements need; not a whole BIDS dataset)."""
+    labels = []
+    for number in range(1, n + 1):
+        rng = np.random.default_rng([seed, number])
+        params = dataclasses.replace(sample_subject_params(rng, preset), snr=round(float(rng.uniform(low, high)), 2))
+        labels.append(f"sub-{number:03d}")
+        write_subject(bids, labels[-1], simulate_subject(params, rng))
+    return labels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subjects", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1800)
     parser.add_argument("--preset", default="diverse")
     parser.add_argument("--bids", type=Path, help="an already simulated cohort (its first --subjects subjects)")
+    parser.add_argument("--snr", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="redraw each simulated head's SNR uniformly in [LOW, HIGH)")
     args = parser.parse_args()
     atlas = mars_atlas()
     with tempfile.TemporaryDirectory() as tmp:
         bids = args.bids or Path(tmp) / "bids"
-        labels = (sorted(p.name for p in bids.glob("sub-*"))[: args.subjects] if args.bids
-                  else simulate_cohort(bids, args.subjects, args.seed, args.preset))
+        if args.bids:
+            labels = sorted(p.name for p in bids.glob("sub-*"))[: args.subjects]
+        elif args.snr:
+            labels = simulate_at_snr(bids, args.subjects, args.seed, args.preset, *args.snr)
+        else:
+            labels = simulate_cohort(bids, args.subjects, args.seed, args.preset)
         rows = []
         for label in labels:
             rows.append(measure(bids, label, atlas, Path(tmp)))
