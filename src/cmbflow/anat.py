@@ -129,11 +129,7 @@ def n4_bias_correct(
         voxel_mm3 = float(np.prod(voxel_sizes(img.affine)))
         shrink = max(1, int(round((240.0 / voxel_mm3) ** (1 / 3))))
     grid = _subsample(data.shape, int(shrink))
-    coarse_affine = img.affine.copy()
-    coarse_affine[:3, :3] = img.affine[:3, :3] * shrink
-    coarse_affine[:3, 3] = nib.affines.apply_affine(img.affine, [s.start for s in grid])
-    coarse = nib.Nifti1Image(np.ascontiguousarray(data[grid]), coarse_affine)
-    image = to_ants(coarse)
+    image = to_ants(nib.Nifti1Image(data, img.affine).slicer[grid])  # nibabel strides the affine too
     field = ants.n4_bias_field_correction(
         image,
         mask=_mask_to_ants(np.asarray(mask, dtype=bool)[grid], image),
