@@ -92,7 +92,7 @@ def main() -> None:
 
     def extract() -> np.ndarray:
         return candidate_patches(subj.magnitude, mask, subj.affine, centres, hp_phase,
-                                 paramagnetic_sign=params.paramagnetic_sign)
+                                 paramagnetic_sign=params.paramagnetic_sign, context_mm=model.model.spec.context_mm)
 
     patches = extract()
     n = len(patches)

@@ -81,8 +81,9 @@ def main() -> None:
           f"{'with' if hp_phase is not None else 'without'} phase")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {os.cpu_count()} CPU cores")
 
-    patches = candidate_patches(magnitude, mask, image.affine, table[["x", "y", "z"]].to_numpy(float), hp_phase)
     classifier = load_classifier(None, has_phase=hp_phase is not None)
+    patches = candidate_patches(magnitude, mask, image.affine, table[["x", "y", "z"]].to_numpy(float), hp_phase,
+                                context_mm=classifier.model.spec.context_mm)
     table["mirror_contrast"] = 0.0  # timing only: its value does not change the cost
     features = candidate_features(table, with_phase=hp_phase is not None)
     labels = (np.arange(len(table)) % 5 == 0).astype(np.int8)

@@ -35,7 +35,7 @@ def scored(scan: RatedScan, model_dir: Path | None, truth: pd.DataFrame) -> tupl
     from cmbflow.detections import superseded
 
     classifier = load_classifier(model_dir, has_phase=scan.has_phase)
-    channels = classifier.model.spec.in_channels
+    channels = classifier.model.spec.input_channels
     probability = classifier.predict(scan.patches[:, :channels], scan.features[:, :classifier.model.spec.n_features])
     standing = ~superseded(scan.xyz, probability)
     bleeds = truth[truth["kind"] == "cmb"]
@@ -69,7 +69,8 @@ def main() -> None:
     labels = sorted(p.name for p in out.glob("sub-*") if p.is_dir())
     everything = args.work / "ratings_all"
     write_ratings_from_truth(truth_dir, out, everything, labels)  # only to read every scan's patches once
-    scans = {scan.label: scan for scan in load_rated_scans(out, everything)}
+    context_mm = load_classifier(None, has_phase=True).model.spec.context_mm  # fine-tuned models keep it
+    scans = {scan.label: scan for scan in load_rated_scans(out, everything, context_mm)}
     truth = {label: pd.read_csv(truth_dir / label / "anat" / f"{label}_desc-truth_lesions.tsv", sep="\t")
              for label in labels}
     order = list(np.random.default_rng(args.seed).permutation(labels))

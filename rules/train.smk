@@ -75,6 +75,7 @@ rule training_patches:
     params:
         stage1_dir=lambda wc, input: os.path.dirname(input.stage1[0]),
         paramagnetic_sign=CFG.phase.paramagnetic_sign,
+        context_mm=CFG.training.params.context_mm,
     log:
         f"{TRAIN}/logs/training_patches.log",
     threads: 1

@@ -45,10 +45,11 @@ def test_classification_and_training_on_cuda(scan) -> None:
     image, mask = scan
     table = find_candidates(image, mask, None, CandidateParams(), "cpu")
     centres = table[["x", "y", "z"]].to_numpy(float)
-    patches = candidate_patches(image.get_fdata(dtype=np.float32), mask, AFFINE, centres)
+    classifier = load_classifier(None, has_phase=False)
+    patches = candidate_patches(image.get_fdata(dtype=np.float32), mask, AFFINE, centres,
+                                context_mm=classifier.model.spec.context_mm)
     table["mirror_contrast"] = 0.0  # a synthetic scan without registration: no mirror partners
     features = candidate_features(table, with_phase=False)
-    classifier = load_classifier(None, has_phase=False)
     # cuDNN convolutions may use TF32 (10-bit mantissa) on recent GPUs: measured differences
     # were up to 1.1e-4 on an H200.
     np.testing.assert_allclose(classifier.predict(patches, features, "cuda"),

@@ -113,7 +113,8 @@ def scored():
     table["mirror_contrast"] = mirror_contrast((xyz - head[:3, 3]) @ np.linalg.inv(head[:3, :3]).T, table["contrast"])
     for has_phase in (True, False):
         classifier = load_classifier(None, has_phase=has_phase)
-        patches = candidate_patches(magnitude, mask, subject.affine, xyz, hp if has_phase else None)
+        patches = candidate_patches(magnitude, mask, subject.affine, xyz, hp if has_phase else None,
+                                    context_mm=classifier.model.spec.context_mm)
         table[f"p_{has_phase}"] = classifier.predict(patches, candidate_features(table, has_phase))
     return table
 

@@ -29,7 +29,8 @@ def detections():
     hp = phase.highpass(phase.unwrap(phase.phase_to_radians(raw, units), mask), mask, vox, 4.0)
     table = find_candidates(nib.Nifti1Image(magnitude, mag4d.affine), mask, hp, paramagnetic_sign=-1)
     classifier = load_classifier(None, has_phase=True)
-    patches = candidate_patches(magnitude, mask, mag4d.affine, table[["x", "y", "z"]].to_numpy(float), hp, -1)
+    patches = candidate_patches(magnitude, mask, mag4d.affine, table[["x", "y", "z"]].to_numpy(float), hp, -1,
+                                classifier.model.spec.context_mm)
     table["mirror_contrast"] = 0.0  # a crop of one hemisphere: no candidate has a mirror partner in it
     table["probability"] = classifier.predict(patches, candidate_features(table, with_phase=True))
     return table, table["probability"] >= classifier.threshold

@@ -14,6 +14,7 @@ from cmbflow.image import ijk_to_xyz, voxel_sizes, xyz_to_ijk
 from cmbflow.simulate import PRESETS, SubjectParams, sample_subject_params, simulate_cohort, simulate_subject
 from cmbflow.simulate.anatomy import LESION_GAP_MM, lesion_region
 from cmbflow.simulate.geometry import draw_warp
+from cmbflow.simulate.params import TRAINING_IN_PLANE_MM
 from cmbflow.simulate.physics import GAMMA_BAR_MHZ_PER_T, dipole_field, phase_per_ppm, sphere_field
 from cmbflow.simulate.subject import TRUTH_COLUMNS, _artefacts
 
@@ -88,6 +89,13 @@ def test_sampling_is_deterministic_and_within_preset_ranges():
     assert 0.05 < np.mean([not p.has_phase for p in diverse]) < 0.4
     assert len({p.orientation for p in diverse}) > 10
     assert all(0.015 <= p.te_s <= 0.040 and 10 <= p.snr <= 40 for p in diverse)
+    # The classifier's test of generalisation lies beyond the training protocols and heads.
+    shifted = [sample_subject_params(np.random.default_rng([3, i]), "shifted") for i in range(1, 40)]
+    for p in shifted:
+        in_plane, thick = sorted(p.voxel_size_mm)[0], max(p.voxel_size_mm)
+        assert (in_plane < TRAINING_IN_PLANE_MM[0] or in_plane > TRAINING_IN_PLANE_MM[1]) and 3.5 <= thick <= 4.2
+        assert 0.040 <= p.te_s <= 0.050 and p.warp_mm >= 5.0 and p.atrophy_mm >= 1.5 and p.deep_gm_chi_ppm >= 0.25
+    assert 0.1 < np.mean([not p.has_phase for p in shifted]) < 0.45
     training = [sample_subject_params(np.random.default_rng([3, i]), "training") for i in range(1, 40)]
     assert all(p.n_cmb >= 5 and p.n_calcifications >= 1 for p in training)
     assert np.mean([p.n_cmb for p in training]) > 2 * np.mean([p.n_cmb for p in diverse])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,15 @@ import torch
 
 from cmbflow.config import TrainParams
 from cmbflow.model import CandidateNet, ModelSpec, load_model, save_model
-from cmbflow.training import augment, choose_threshold, label_candidates, train_classifier
+from cmbflow.training import (
+    ScanScores,
+    augment,
+    choose_threshold,
+    label_candidates,
+    recalibrated,
+    train_classifier,
+    train_models,
+)
 
 VOXEL = (1.0, 1.0, 2.0)
 
@@ -35,6 +45,16 @@ def test_augmentation_keeps_shape_and_is_reproducible():
     again = augment(x, torch.Generator().manual_seed(1))
     assert first.shape == x.shape and torch.equal(first, again)
     assert not torch.equal(first, x) and first[:, 1].abs().max() <= 1.0
+
+
+def test_both_views_of_a_candidate_turn_together():
+    x = torch.rand(6, 4, 16, 16, 16)  # magnitude small, wide; phase small, wide
+    x[:, 1] = x[:, 0]
+    x[:, 3] = x[:, 2] * 2 - 1
+    out = augment(x, torch.Generator().manual_seed(3), views=2)
+    # Noise is drawn per voxel, the flips, turns and gains once per candidate.
+    assert torch.corrcoef(torch.stack([out[:, 0].ravel(), out[:, 1].ravel()]))[0, 1] > 0.9
+    assert out[:, 2:].abs().max() <= 1.0 and out[:, :2].min() > -1.0
 
 
 def tiny_set(n: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +115,37 @@ def test_weights_round_trip_through_safetensors_without_pickle(tmp_path):
     with pytest.raises(ValueError, match="3 stage-1 features"):
         loaded(x)
     assert loaded.spec == model.spec
+
+
+def test_a_model_with_the_wide_view_reads_twice_the_channels(tmp_path):
+    model = CandidateNet(ModelSpec(in_channels=2, widths=(4, 8), n_features=3, context_mm=40.0)).eval()
+    assert model.spec.input_channels == 4
+    save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.spec == model.spec
+    with torch.no_grad():
+        assert loaded(torch.rand(2, 4, 16, 16, 16), torch.rand(2, 3)).shape == (2,)
+    # Weights written before the wide view existed have none.
+    old = {"in_channels": 1, "widths": [4, 8], "patch_size": 16, "patch_mm": 20.0, "n_features": 3, "members": 1}
+    assert ModelSpec.from_metadata({"cmbflow_spec": json.dumps(old)}).input_channels == 1
+
+
+def test_patches_of_other_views_than_the_settings_are_refused(tmp_path):
+    x, y = tiny_set(8)
+    np.savez(tmp_path / "p.npz", patches=x, features=np.zeros((8, 9), np.float32), label=y,
+             kind=np.full(8, "other"), has_phase=np.ones(8, bool), context_mm=np.float64(0.0))
+    with pytest.raises(ValueError, match="collect the patches again"):
+        train_models(tmp_path / "p.npz", tmp_path / "a", tmp_path / "b", tmp_path / "h.json",
+                     TrainParams(epochs=1, context_mm=40.0), {"phase": 1, "magnitude": 1})
+
+
+def test_a_temperature_rescales_logits_and_keeps_the_order():
+    probability = np.array([0.01, 0.5, 0.9, 0.999])
+    scans = [ScanScores(np.zeros((4, 3)), probability, np.zeros((0, 3)), np.zeros(0), np.ones(3))]
+    (out,) = recalibrated(scans, 2.0)
+    logit = np.log(probability / (1 - probability))
+    np.testing.assert_allclose(out.probability, 1 / (1 + np.exp(-logit / 2)))
+    assert out.probability[1] == pytest.approx(0.5) and np.all(np.diff(out.probability) > 0)
 
 
 def test_missing_weights_name_the_file(tmp_path):

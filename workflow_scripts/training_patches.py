@@ -10,4 +10,5 @@ run_step(
     truth_dir=Path(snakemake.input.bids) / "derivatives" / "simulation",
     out_npz=snakemake.output[0],
     paramagnetic_sign=snakemake.params.paramagnetic_sign,
+    context_mm=snakemake.params.context_mm,
 )

@@ -157,6 +157,8 @@ class TrainParams(_Strict):
     mimics_every_epoch: bool = Field(True, description="show every named mimic (calcification) in every "
                                      "epoch, on top of the drawn negatives")
     widths: tuple[int, ...] = (8, 16, 32)
+    context_mm: float = Field(40.0, ge=0, description="extent of the wide view beside the 20 mm patch "
+                              "(cmbflow.patches); 0 = none")
     seed: int = 0
 
 

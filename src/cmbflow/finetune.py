@@ -43,14 +43,15 @@ from cmbflow.detections import SAME_LESION_MM, superseded
 from cmbflow.errors import InputError
 from cmbflow.evaluate import match_detections
 from cmbflow.image import write_json
-from cmbflow.model import MODEL_CARD, CandidateNet, load_model, packaged_model_dir, save_model, sha256
-from cmbflow.patches import candidate_features, n_features
+from cmbflow.model import MODEL_CARD, CandidateNet, ModelSpec, load_model, packaged_model_dir, save_model, sha256
+from cmbflow.patches import candidate_features
 from cmbflow.ratings import rate_subject, ratings_files
 from cmbflow.training import (
     ScanOutputs,
     ScanScores,
     augment,
     collect_patches,
+    fit_temperature,
     metrics_at,
     operating_curve,
     scan_patches,
@@ -147,8 +148,9 @@ def _paramagnetic_sign(anat: Path, prefix: str) -> int:
     return -1 if phase == "negative" else 1
 
 
-def load_rated_scans(output_dir: str | Path, ratings_dir: str | Path) -> list[RatedScan]:
-    """Every scan of a finished cmbflow output that has ratings, with its candidates labelled."""
+def load_rated_scans(output_dir: str | Path, ratings_dir: str | Path, context_mm: float = 0.0) -> list[RatedScan]:
+    """Every scan of a finished cmbflow output that has ratings, with its candidates labelled and
+    its patches as a model with wide views of ``context_mm`` reads them."""
     scans = []
     for calls_path in sorted(Path(output_dir).glob("sub-*/**/anat/*_desc-cmb_detections.tsv")):
         prefix = calls_path.name.removesuffix("_desc-cmb_detections.tsv")
@@ -160,7 +162,7 @@ def load_rated_scans(output_dir: str | Path, ratings_dir: str | Path) -> list[Ra
         scan = ScanOutputs(prefix, anat / f"{prefix}_desc-candidates_detections.tsv",
                            anat / f"{prefix}{N4_MAGNITUDE}.nii.gz", anat / f"{prefix}{BRAIN_MASK}.nii.gz",
                            hpphase if hpphase.exists() else None, anat.parent / "xfm" / f"{prefix}{MNI_XFM}")
-        candidates, patches, voxel = scan_patches(scan, _paramagnetic_sign(anat, prefix))
+        candidates, patches, voxel = scan_patches(scan, _paramagnetic_sign(anat, prefix), context_mm)
         rated = rate_subject(pd.read_csv(calls_path, sep="\t"), files, prefix)
         target, scored, bleeds_xyz, bleeds_radius = label_rated_candidates(
             candidates, rated.ratings, rated.missed[["x", "y", "z"]].to_numpy(float), voxel)
@@ -184,7 +186,7 @@ def check_enough(scans: Sequence[RatedScan], ratings_dir: str | Path, params: Fi
             "calls, and missed bleeds that stage 1 found as candidates)")
 
 
-def replay_examples(work_dir: Path, params: FinetuneParams) -> dict[str, npt.NDArray]:
+def replay_examples(work_dir: Path, params: FinetuneParams, context_mm: float = 0.0) -> dict[str, npt.NDArray]:
     """Patches of freshly simulated scans through the workflow's stage 1 (cmbflow.training)."""
     from cmbflow.simulate import simulate_cohort
     from cmbflow.stages import run_stage1
@@ -193,7 +195,8 @@ def replay_examples(work_dir: Path, params: FinetuneParams) -> dict[str, npt.NDA
     labels = simulate_cohort(bids, params.replay_scans, params.seed + 7000, preset=params.replay_preset)
     for label in labels:
         run_stage1(bids, label, work_dir / "stage1", "last", PhaseConfig(), CandidateParams(), "cpu")
-    collect_patches(work_dir / "stage1", bids / "derivatives" / "simulation", work_dir / "replay.npz")
+    collect_patches(work_dir / "stage1", bids / "derivatives" / "simulation", work_dir / "replay.npz",
+                    context_mm=context_mm)
     with np.load(work_dir / "replay.npz") as data:
         return {key: data[key] for key in ("patches", "features", "label", "has_phase")}
 
@@ -207,17 +210,16 @@ class Examples:
     target: npt.NDArray[np.float32]
 
     @classmethod
-    def of(cls, patches: npt.NDArray, features: npt.NDArray, target: npt.NDArray, variant: str) -> Examples:
-        channels = 2 if variant == "phase" else 1
+    def of(cls, patches: npt.NDArray, features: npt.NDArray, target: npt.NDArray, spec: ModelSpec) -> Examples:
         keep = np.asarray(target) >= 0
-        return cls(np.asarray(patches[keep][:, :channels], dtype=np.float32),
-                   np.asarray(features[keep][:, :n_features(variant == "phase")], dtype=np.float32),
+        return cls(np.asarray(patches[keep][:, :spec.input_channels], dtype=np.float32),
+                   np.asarray(features[keep][:, :spec.n_features], dtype=np.float32),
                    np.asarray(target[keep], dtype=np.float32))
 
 
-def site_examples(scans: Sequence[RatedScan], variant: str) -> Examples:
+def site_examples(scans: Sequence[RatedScan], spec: ModelSpec) -> Examples:
     return Examples.of(np.concatenate([s.patches for s in scans]), np.concatenate([s.features for s in scans]),
-                       np.concatenate([s.target for s in scans]), variant)
+                       np.concatenate([s.target for s in scans]), spec)
 
 
 def mean_logits(model: CandidateNet, examples: Examples, batch_size: int = 256) -> npt.NDArray[np.float64]:
@@ -241,6 +243,7 @@ def tune_model(base: CandidateNet, site: Examples, hard: npt.NDArray[np.bool_], 
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = CandidateNet(base.spec)
     model.load_state_dict(base.state_dict())
+    views = base.spec.input_channels // base.spec.in_channels
     x_site, f_site, y_site = (torch.from_numpy(a) for a in (site.patches, site.features, site.target))
     x_replay, f_replay, y_replay = (torch.from_numpy(a) for a in (replay.patches, replay.features, replay.target))
     bleeds = torch.from_numpy(np.flatnonzero(site.target > 0.5))
@@ -268,20 +271,12 @@ def tune_model(base: CandidateNet, site: Examples, hard: npt.NDArray[np.bool_], 
             y = torch.cat([y_site[chosen], y_replay[replayed]])
             member.train()
             for batch in torch.randperm(len(y), generator=generator).split(params.batch_size):
-                loss = F.binary_cross_entropy_with_logits(member(augment(x[batch], generator), f[batch]), y[batch])
+                loss = F.binary_cross_entropy_with_logits(member(augment(x[batch], generator, views), f[batch]), y[batch])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 schedule.step()
     return model.eval()
-
-
-def fit_temperature(logits: npt.ArrayLike, target: npt.ArrayLike) -> float:
-    """The temperature (0.25-4, on a log grid) that minimises the log loss of ``sigmoid(logit / T)``."""
-    logits, target = np.asarray(logits, dtype=float), np.asarray(target, dtype=float)
-    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 81))
-    loss = [np.mean(np.logaddexp(0.0, z) - target * z) for z in (logits[None, :] / grid[:, None])]
-    return float(grid[int(np.argmin(loss))])
 
 
 def choose_site_threshold(scans: Sequence[ScanScores], min_sensitivity: float, max_fp_per_scan: float) -> float:
@@ -325,8 +320,8 @@ def _figures(scans: list[ScanScores], threshold: float) -> dict[str, float]:
                                                         "sensitivity", "precision", "fp_per_scan")}
 
 
-def _logits(model: CandidateNet, scan: RatedScan, variant: str) -> npt.NDArray[np.float64]:
-    return mean_logits(model, Examples.of(scan.patches, scan.features, np.zeros(len(scan.xyz)), variant))
+def _logits(model: CandidateNet, scan: RatedScan) -> npt.NDArray[np.float64]:
+    return mean_logits(model, Examples.of(scan.patches, scan.features, np.zeros(len(scan.xyz)), model.spec))
 
 
 def _sigmoid(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -343,14 +338,14 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
     """Cross-validated fine-tuning and recalibration of one variant (``base_entry``: its base
     model card's); the model tuned on every scan, and its card entry."""
     base_threshold, base_temperature = float(base_entry["threshold"]), float(base_entry.get("temperature", 1.0))
-    base_probability = {s.label: _sigmoid(_logits(base, s, variant) / base_temperature) for s in scans}
+    base_probability = {s.label: _sigmoid(_logits(base, s) / base_temperature) for s in scans}
     folds = [scans[k::min(params.folds, len(scans))] for k in range(min(params.folds, len(scans)))]
     logits = {}  # each scan's, from the model tuned without it
     for k, fold in enumerate(folds):
         training = [s for s in scans if s not in fold]
-        model = tune_model(base, site_examples(training, variant), _hard(training, base_probability, params),
+        model = tune_model(base, site_examples(training, base.spec), _hard(training, base_probability, params),
                            replay, params)
-        logits |= {scan.label: _logits(model, scan, variant) for scan in fold}
+        logits |= {scan.label: _logits(model, scan) for scan in fold}
         log.info("%s model: fold %d/%d tuned on %d scans", variant, k + 1, len(folds), len(training))
     temperature = fit_temperature(np.concatenate([logits[s.label][s.target >= 0] for s in scans]),
                                   np.concatenate([s.target[s.target >= 0] for s in scans]))
@@ -375,7 +370,7 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
     for figures in pooled.values():
         figures["sensitivity"] = round(figures["true_positives"] / figures["lesions"], 4) if figures["lesions"] else None
         figures["fp_per_scan"] = round(figures["false_positives"] / figures["scans"], 4)
-    final = tune_model(base, site_examples(scans, variant), _hard(scans, base_probability, params), replay, params)
+    final = tune_model(base, site_examples(scans, base.spec), _hard(scans, base_probability, params), replay, params)
     entry = {"in_channels": base.spec.in_channels, "threshold": threshold, "temperature": temperature,
              "threshold_chosen_for": "the lowest threshold with at most "
              f"{max(design, params.fp_fraction * base_figures['fp_per_scan']):.2f} false calls per scan (a third of "
@@ -400,12 +395,14 @@ def finetune(output_dir: str | Path, ratings_dir: str | Path, model_dir: str | P
         raise InputError("exists and is not empty; a model is never overwritten", path=model_dir,
                          fix="give a new folder, or remove this one")
     base_card = json.loads((base_dir / MODEL_CARD).read_text())
-    scans = load_rated_scans(output_dir, ratings_dir)
+    bases = {variant: load_model(base_dir / entry["weights"]) for variant, entry in base_card["models"].items()}
+    context_mm = bases["phase"].spec.context_mm  # both variants are trained with the same views
+    scans = load_rated_scans(output_dir, ratings_dir, context_mm)
     check_enough(scans, ratings_dir, params)
     tuned_variants = [v for v in ("phase", "magnitude") if (v == "phase" and any(s.has_phase for s in scans))
                       or (v == "magnitude" and not all(s.has_phase for s in scans))]
     with tempfile.TemporaryDirectory(prefix="cmbflow-finetune-") as work:
-        replay = replay_examples(Path(work), params)
+        replay = replay_examples(Path(work), params, context_mm)
         staging = Path(work) / "model"
         staging.mkdir()
         models = {}
@@ -417,8 +414,9 @@ def finetune(output_dir: str | Path, ratings_dir: str | Path, model_dir: str | P
                 models[variant] = {**entry, "tuned": False, "why_not": "no rated scan would use it"}
                 continue
             has = replay["has_phase"] if variant == "phase" else np.ones(len(replay["label"]), dtype=bool)
-            replayed = Examples.of(replay["patches"][has], replay["features"][has], replay["label"][has], variant)
-            model, tuned = tune_variant(load_model(weights), entry, variant_scans, replayed, variant, params)
+            replayed = Examples.of(replay["patches"][has], replay["features"][has], replay["label"][has],
+                                   bases[variant].spec)
+            model, tuned = tune_variant(bases[variant], entry, variant_scans, replayed, variant, params)
             save_model(model, staging / entry["weights"])
             models[variant] = {"weights": entry["weights"], **tuned, "tuned": True}
         card = {

@@ -120,7 +120,7 @@ def build_card(models: dict, history: dict, training: dict, weights_sha256: dict
         "code_version": code_version(),
         "created": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
-        "patch": {"extent_mm": PATCH_MM, "size": PATCH_SIZE,
+        "patch": {"extent_mm": PATCH_MM, "size": PATCH_SIZE, "context_mm": training["params"]["context_mm"],
                   "channels": ["magnitude / brain median", "high-pass phase x paramagnetic sign / pi (phase model)"]},
         "models": models,
         "training": {
@@ -151,7 +151,9 @@ def _markdown(card: dict) -> str:
     lines = [
         f"# {card['name']}", "",
         f"Code {card['code_version']}, created {card['created']} ({card['machine']}).",
-        f"Patches: {card['patch']['extent_mm']:g} mm cubes on a {card['patch']['size']}^3 world-aligned grid.", "",
+        (f"Patches: {card['patch']['extent_mm']:g} mm cubes on a {card['patch']['size']}^3 world-aligned grid"
+         + (f", each kind also as a {card['patch']['context_mm']:g} mm wide view on the same grid."
+            if card["patch"].get("context_mm") else ".")), "",
         f"**Licence:** {card['license']}.", "",
         f"**Intended use:** {card['intended_use']}.", "",
         "## Limitations", "",
@@ -195,9 +197,13 @@ def _calibration_markdown(models: dict) -> list[str]:
         ("Reliability of the probability on the validation scans' candidates (those the workflow can call: "
          "not superseded); a candidate is a bleed when it lies within matching distance of one. ECE: expected "
          "calibration error over 10 equal-width bins, on all candidates and on those of probability >= 0.1 "
-         "(most candidates are clear negatives near 0, which make the first small)."), "",
-        "| model | candidates | bleeds | ECE | ECE (p >= 0.1) |", "|---|---|---|---|---|",
-        *[f"| {name} | {fit['candidates']} | {fit['bleeds']} | {fit['ece']:.3f} | {fit['ece_above_0.1']:.3f} |"
+         "(most candidates are clear negatives near 0, which make the first small). The probabilities are "
+         "the network's logits over a temperature fitted on these candidates (least log loss)."), "",
+        "| model | candidates | bleeds | temperature | ECE | ECE (p >= 0.1) | before the temperature |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {name} | {fit['candidates']} | {fit['bleeds']} | {models[name].get('temperature', 1.0):.2f} | "
+          f"{fit['ece']:.3f} | {fit['ece_above_0.1']:.3f} | "
+          f"{models[name].get('ece_above_0.1_before_temperature', fit['ece_above_0.1']):.3f} |"
           for name, fit in fits.items()],
         "", "| probability | " + " | ".join(f"{name}: candidates, observed fraction of bleeds" for name in fits) + " |",
         "|---|" + "---|" * len(fits),

@@ -9,6 +9,12 @@ Channels: the bias-corrected magnitude divided by its brain median (tissue near 
 near 0), and, when there is phase, the high-pass phase signed so that paramagnetic sources are
 positive, clipped to +-pi and divided by pi.
 
+A model may also take a wider view of the same kinds, ``context_mm`` across on the same grid
+(``TrainParams.context_mm``; 40 mm = 2.5 mm samples of the image smoothed to that spacing): a reader dismisses a
+dark dot whose vein goes on beyond the small patch, or that is one end of a nucleus. Channels are
+ordered magnitude (small, wide), then phase (small, wide), so a magnitude-only input is always the
+first channels of a phase one.
+
 Beside the patch the network gets stage 1's measurements of the candidate (:func:`candidate_features`):
 on the validation cohort they alone ranked candidates better at low false-positive rates than
 the patch alone, and the two together better than either.
@@ -21,6 +27,8 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+from cmbflow.image import voxel_sizes
 
 PATCH_MM = 20.0
 PATCH_SIZE = 16
@@ -103,17 +111,37 @@ def candidate_patches(
     centres_xyz: npt.ArrayLike,
     hp_phase: npt.NDArray[np.floating] | None = None,
     paramagnetic_sign: int = -1,
+    context_mm: float = 0.0,
 ) -> npt.NDArray[np.float32]:
-    """Classifier input (n, channels, S, S, S): magnitude, plus signed phase when given."""
+    """Classifier input (n, channels, S, S, S): magnitude, plus signed phase when given; each also
+    as a ``context_mm`` wide view when that is not 0."""
     centres = np.asarray(centres_xyz, dtype=float).reshape(-1, 3)
-    voxels = _patch_voxels(affine, centres)  # the same points in every channel: computed once
     shape = (len(centres), *[PATCH_SIZE] * 3)
-    mag = _sample_voxels(magnitude, voxels).reshape(shape) / magnitude_reference(magnitude, mask)
-    channels = [np.clip(mag, 0.0, _MAGNITUDE_CLIP)]
-    if hp_phase is not None:
-        phase = paramagnetic_sign * _sample_voxels(hp_phase, voxels).reshape(shape)
-        channels.append(np.clip(phase, -np.pi, np.pi) / np.pi)
+    extents = [PATCH_MM] + ([context_mm] if context_mm else [])
+    voxels = [_patch_voxels(affine, centres, extent_mm=extent) for extent in extents]  # shared by the kinds
+    reference = magnitude_reference(magnitude, mask)
+    channels = []
+    for kind, volume in (("magnitude", magnitude), ("phase", hp_phase)):
+        if volume is None:
+            continue
+        for extent, points in zip(extents, voxels):
+            seen = _antialiased(volume, affine, extent / PATCH_SIZE) if extent > PATCH_MM else volume
+            values = _sample_voxels(seen, points).reshape(shape)
+            if kind == "magnitude":
+                channels.append(np.clip(values / reference, 0.0, _MAGNITUDE_CLIP))
+            else:
+                channels.append(np.clip(paramagnetic_sign * values, -np.pi, np.pi) / np.pi)
     return np.stack(channels, axis=1).astype(np.float32)
+
+
+def _antialiased(volume: npt.NDArray[np.floating], affine: npt.NDArray[np.float64],
+                 spacing_mm: float) -> npt.NDArray[np.float32]:
+    """``volume`` smoothed so that sampling it every ``spacing_mm`` does not alias: a Gaussian of
+    that FWHM, less the width a voxel already averages over (thick slices get little or none)."""
+    fwhm_to_sigma = 1.0 / np.sqrt(8.0 * np.log(2.0))
+    voxel = voxel_sizes(affine)
+    sigma = np.sqrt(np.clip(spacing_mm**2 - voxel**2, 0.0, None)) * fwhm_to_sigma / voxel
+    return ndimage.gaussian_filter(np.asarray(volume, dtype=np.float32), sigma, mode="nearest", truncate=3.0)
 
 
 #: A candidate's mirror partner lies within this distance (MNI mm) of its image across the midline

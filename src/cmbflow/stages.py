@@ -247,7 +247,8 @@ def detect_microbleeds(
     centres = table[["x", "y", "z"]].to_numpy(float)
     table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(centres, Transforms(Path(xfm)))
     table["mirror_contrast"] = mirror_contrast(table[["mni_x", "mni_y", "mni_z"]], table["contrast"])
-    patches = candidate_patches(img.get_fdata(dtype=np.float32), brain, img.affine, centres, hp, paramagnetic_sign)
+    patches = candidate_patches(img.get_fdata(dtype=np.float32), brain, img.affine, centres, hp, paramagnetic_sign,
+                                classifier.model.spec.context_mm)
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"], table["probability_sd"] = classifier.predict_with_spread(patches, features, torch_device)
     table["superseded"] = superseded(centres, table["probability"])

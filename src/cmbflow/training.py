@@ -7,6 +7,7 @@ iron, noise) is negative, so the network learns what it will really be shown.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -70,10 +71,10 @@ class ScanOutputs:
 
 
 def scan_patches(
-    scan: ScanOutputs, paramagnetic_sign: int
+    scan: ScanOutputs, paramagnetic_sign: int, context_mm: float = 0.0
 ) -> tuple[pd.DataFrame, npt.NDArray[np.float32], npt.NDArray[np.float64]]:
     """The stage-1 table of a scan (with MNI positions and mirror partners), its classifier patches
-    (n, 1 or 2, S, S, S) and voxel size."""
+    (n, channels, S, S, S; :func:`cmbflow.patches.candidate_patches`) and voxel size."""
     table = pd.read_csv(scan.stage1, sep="\t")
     if "mni_x" not in table:  # a stage-1 table; the workflow's final tables have them
         table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(table[["x", "y", "z"]].to_numpy(float), Transforms(scan.xfm))
@@ -82,7 +83,7 @@ def scan_patches(
     mask = np.asanyarray(nib.load(scan.mask).dataobj) > 0
     phase = None if scan.hpphase is None else nib.load(scan.hpphase).get_fdata(dtype=np.float32)
     patches = candidate_patches(img.get_fdata(dtype=np.float32), mask, img.affine,
-                                table[["x", "y", "z"]].to_numpy(float), phase, paramagnetic_sign)
+                                table[["x", "y", "z"]].to_numpy(float), phase, paramagnetic_sign, context_mm)
     return table, patches, voxel_sizes(img.affine)
 
 
@@ -98,19 +99,19 @@ def label_candidates(candidates: pd.DataFrame, truth: pd.DataFrame, voxel_size: 
 
 
 def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz: str | Path,
-                    paramagnetic_sign: int = -1) -> dict[str, int]:
+                    paramagnetic_sign: int = -1, context_mm: float = 0.0) -> dict[str, int]:
     """Patches and labels of every simulated scan's candidates, in one compressed npz.
 
-    Arrays: ``patches`` (n, 2, S, S, S) float16 (phase channel zero without phase),
-    ``features`` (n, F) with ``phase_dipole`` last, ``label`` (1 = microbleed), ``kind``,
-    ``has_phase``, ``scan``.
+    Arrays: ``patches`` (n, 2 or 4, S, S, S) float16 (magnitude then phase, each with its wide
+    view when ``context_mm``; phase zero without phase), ``features`` (n, F) with ``phase_dipole``
+    last, ``label`` (1 = microbleed), ``kind``, ``has_phase``, ``scan``, and ``context_mm``.
     """
     derivatives_dir, truth_dir = Path(derivatives_dir), Path(truth_dir)
     parts: dict[str, list] = {"patches": [], "features": [], "label": [], "kind": [], "has_phase": [], "scan": []}
     for stage1 in sorted(derivatives_dir.rglob(f"*{STAGE1_TABLE}.tsv")):
         scan = ScanOutputs.find(stage1)
-        table, patches, voxel = scan_patches(scan, paramagnetic_sign)
-        if patches.shape[1] == 1:
+        table, patches, voxel = scan_patches(scan, paramagnetic_sign, context_mm)
+        if scan.hpphase is None:
             patches = np.concatenate([patches, np.zeros_like(patches)], axis=1)
         truth = pd.read_csv(truth_dir / stage1.parent.relative_to(derivatives_dir) / f"{scan.prefix}{TRUTH_SUFFIX}",
                             sep="\t")
@@ -123,7 +124,7 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
         parts["scan"].append(np.full(len(table), scan.prefix))
     if not parts["scan"]:
         raise FileNotFoundError(f"no stage-1 tables (*{STAGE1_TABLE}.tsv) under {derivatives_dir}")
-    arrays = {key: np.concatenate(value) for key, value in parts.items()}
+    arrays = {key: np.concatenate(value) for key, value in parts.items()} | {"context_mm": np.float64(context_mm)}
     with atomic_path(out_npz) as tmp:
         np.savez_compressed(tmp, **arrays)
     counts = {"candidates": len(arrays["label"]), "microbleeds": int(arrays["label"].sum()),
@@ -132,9 +133,10 @@ def collect_patches(derivatives_dir: str | Path, truth_dir: str | Path, out_npz:
     return counts
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator, views: int = 1) -> torch.Tensor:
     """Random flips and 90-degree turns about B0 (the dipole pattern is unchanged by both),
-    magnitude gain, gamma and noise, and phase gain (field strength x echo time) and noise."""
+    magnitude gain, gamma and noise, and phase gain (field strength x echo time) and noise; the
+    same draw for a candidate's ``views`` (small and wide: the first ``views`` channels are magnitude)."""
     n = len(x)
     x = x.clone()
 
@@ -146,17 +148,18 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         x[flip] = x[flip].flip(dim)
     turn = coin()
     x[turn] = x[turn].transpose(2, 3)
-    shape = (n, 1, 1, 1)
-    mag = x[:, :1].clamp(min=0)
+    shape = (n, 1, 1, 1, 1)
+    mag = x[:, :views].clamp(min=0)
     gain = torch.empty(shape).uniform_(0.85, 1.15, generator=generator)
     gamma = torch.empty(shape).uniform_(0.8, 1.25, generator=generator)
     sigma = torch.empty(shape).uniform_(0.0, 0.08, generator=generator)
-    x[:, 0] = gain * mag[:, 0].pow(gamma) + sigma * torch.randn(mag[:, 0].shape, generator=generator)
-    if x.shape[1] > 1:
+    x[:, :views] = gain * mag.pow(gamma) + sigma * torch.randn(mag.shape, generator=generator)
+    if x.shape[1] > views:
+        phase = x[:, views:]
         phase_gain = torch.exp(torch.empty(shape).uniform_(np.log(0.5), np.log(2.0), generator=generator))
         phase_sigma = torch.empty(shape).uniform_(0.0, 0.05, generator=generator)
-        noisy = phase_gain * x[:, 1] + phase_sigma * torch.randn(x[:, 1].shape, generator=generator)
-        x[:, 1] = noisy.clamp(-1.0, 1.0)
+        noisy = phase_gain * phase + phase_sigma * torch.randn(phase.shape, generator=generator)
+        x[:, views:] = noisy.clamp(-1.0, 1.0)
     return x
 
 
@@ -170,8 +173,8 @@ def train_classifier(
     members: int = 1,
 ) -> tuple[CandidateNet, list[dict[str, float]]]:
     """Train a :class:`CandidateNet` of ``members`` networks, from seeds ``params.seed``,
-    ``params.seed + 1``, ..., on patches (n, C, S, S, S) and features (n, F). Deterministic for a
-    seed on CPU.
+    ``params.seed + 1``, ..., on patches (n, C, S, S, S; with the wide view of
+    ``params.context_mm`` when that is not 0) and features (n, F). Deterministic for a seed on CPU.
 
     Each epoch sees every positive and ``negatives_per_positive`` times as many negatives drawn
     afresh, so the rare class is not drowned and the many easy negatives are still all seen.
@@ -183,8 +186,9 @@ def train_classifier(
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
-    spec = ModelSpec(in_channels=patches.shape[1], widths=params.widths, patch_size=patches.shape[-1],
-                     n_features=features.shape[1], members=members)
+    views = 2 if params.context_mm else 1
+    spec = ModelSpec(in_channels=patches.shape[1] // views, widths=params.widths, patch_size=patches.shape[-1],
+                     n_features=features.shape[1], members=members, context_mm=params.context_mm)
     x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     f_all = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
@@ -214,7 +218,7 @@ def train_classifier(
             member.train()
             total = 0.0
             for batch in order.split(params.batch_size):
-                x = augment(x_all[batch], generator).to(device)
+                x = augment(x_all[batch], generator, views).to(device)
                 logits = member(x, f_all[batch].to(device))
                 loss = F.binary_cross_entropy_with_logits(logits, y_all[batch].to(device))
                 optimiser.zero_grad()
@@ -274,6 +278,23 @@ def metrics_at(scans: list[ScanScores], threshold: float) -> dict[str, float]:
     return detection_metrics(matches)
 
 
+def fit_temperature(logits: npt.ArrayLike, target: npt.ArrayLike) -> float:
+    """The temperature (0.25-4, on a log grid) that minimises the log loss of ``sigmoid(logit / T)``."""
+    logits, target = np.asarray(logits, dtype=float), np.asarray(target, dtype=float)
+    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 81))
+    loss = [np.mean(np.logaddexp(0.0, z) - target * z) for z in (logits[None, :] / grid[:, None])]
+    return float(grid[int(np.argmin(loss))])
+
+
+def recalibrated(scans: list[ScanScores], temperature: float) -> list[ScanScores]:
+    """The scans with each probability p replaced by sigmoid(logit(p) / temperature)."""
+    def scale(p: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        p = np.clip(p, 1e-7, 1 - 1e-7)  # float32 sigmoids reach 0 and 1
+        return 1.0 / (1.0 + np.exp(-np.log(p / (1 - p)) / temperature))
+
+    return [dataclasses.replace(s, probability=scale(s.probability)) for s in scans]
+
+
 def train_models(
     patches_npz: str | Path, out_phase: str | Path, out_magnitude: str | Path, out_history: str | Path,
     params: TrainParams, members: Mapping[str, int], device: str | torch.device = "cpu",
@@ -282,11 +303,15 @@ def train_models(
     only), of ``members[variant]`` networks each."""
     data = np.load(patches_npz)
     patches, features, labels, has_phase = data["patches"], data["features"], data["label"], data["has_phase"]
+    if float(data["context_mm"]) != params.context_mm:
+        raise ValueError(f"{patches_npz} has wide views of {float(data['context_mm'])} mm, the settings ask for "
+                         f"{params.context_mm} mm: collect the patches again")
+    views = 2 if params.context_mm else 1
     mimics = data["kind"] == "calcification"
     history = {}
     for variant, x, f, y, m, out in (
         ("phase", patches[has_phase], features[has_phase], labels[has_phase], mimics[has_phase], out_phase),
-        ("magnitude", patches[:, :1], features[:, : n_features(with_phase=False)], labels, mimics, out_magnitude),
+        ("magnitude", patches[:, :views], features[:, : n_features(with_phase=False)], labels, mimics, out_magnitude),
     ):
         started = time.perf_counter()
         model, epochs = train_classifier(x, f, y, params, device, mimics=m, members=members[variant])
@@ -311,7 +336,10 @@ def score_scans(
     scored: dict[str, dict[str, list[ScanScores]]] = {name: {"phase": [], "magnitude_only": []} for name in models}
     for stage1 in sorted(stage1_dir.rglob(f"*{STAGE1_TABLE}.tsv")):
         scan = ScanOutputs.find(stage1)
-        table, patches, voxel = scan_patches(scan, paramagnetic_sign)
+        views = {}  # patches by wide-view extent, made once for the models that share it
+        for model in models.values():
+            if model.spec.context_mm not in views:
+                table, views[model.spec.context_mm], voxel = scan_patches(scan, paramagnetic_sign, model.spec.context_mm)
         truth = pd.read_csv(truth_dir / stage1.parent.relative_to(stage1_dir) / f"{scan.prefix}{TRUTH_SUFFIX}", sep="\t")
         truth = truth[truth["kind"] == "cmb"]
         truth_xyz, truth_radius = truth[["x", "y", "z"]].to_numpy(float), truth["diameter_mm"].to_numpy(float) / 2
@@ -322,7 +350,8 @@ def score_scans(
                 continue
             with_phase = model.spec.in_channels == 2
             probability = Classifier(model, 0.5, name).predict(
-                patches[:, : model.spec.in_channels], candidate_features(table, with_phase), device)
+                views[model.spec.context_mm][:, : model.spec.input_channels], candidate_features(table, with_phase),
+                device)
             standing = ~superseded(xyz, probability)  # as the workflow calls them
             scored[name][group].append(ScanScores(xyz[standing], probability[standing], truth_xyz, truth_radius, voxel))
     return scored
@@ -355,12 +384,22 @@ def validate_models(
     models = {name: load_model(path) for name, path in model_paths.items()}
     scored = score_scans(stage1_dir, truth_dir, models, paramagnetic_sign, device)
     report = {}
-    for name, groups in scored.items():
+    for name, raw in scored.items():
+        pooled = raw["phase"] + raw["magnitude_only"]
+        is_bleed = np.concatenate([near_truth(s.candidates_xyz, s.truth_xyz, s.truth_radius_mm, s.voxel_size)
+                                   for s in pooled])
+        probability = np.clip(np.concatenate([s.probability for s in pooled]), 1e-7, 1 - 1e-7)
+        temperature = fit_temperature(np.log(probability / (1 - probability)), is_bleed)
+        groups = {group: recalibrated(scans, temperature) for group, scans in raw.items()}
         pooled = groups["phase"] + groups["magnitude_only"]
         threshold = choose_threshold(operating_curve(pooled), max_fp_per_scan[name])
         report[name] = {
             "weights": Path(model_paths[name]).name,
             "in_channels": models[name].spec.in_channels,
+            "context_mm": models[name].spec.context_mm,
+            "temperature": temperature,
+            "temperature_fitted_for": "the least log loss of the standing validation candidates (bleed or not)",
+            "ece_above_0.1_before_temperature": calibration(probability, is_bleed)["ece_above_0.1"],
             "threshold": threshold,
             "threshold_chosen_for": f"highest sensitivity at <= {max_fp_per_scan[name]} false positives per scan",
             "validation": {group: _group_report(scans, threshold) for group, scans in
