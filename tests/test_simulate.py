@@ -93,7 +93,7 @@ def test_sampling_is_deterministic_and_within_preset_ranges():
     shifted = [sample_subject_params(np.random.default_rng([3, i]), "shifted") for i in range(1, 40)]
     for p in shifted:
         in_plane, thick = sorted(p.voxel_size_mm)[0], max(p.voxel_size_mm)
-        assert (in_plane < TRAINING_IN_PLANE_MM[0] or in_plane > TRAINING_IN_PLANE_MM[1]) and 3.5 <= thick <= 4.2
+        assert (in_plane < TRAINING_IN_PLANE_MM[0] or in_plane > TRAINING_IN_PLANE_MM[1]) and 3.5 <= thick <= 4.0
         assert 0.040 <= p.te_s <= 0.050 and p.warp_mm >= 5.0 and p.atrophy_mm >= 1.5 and p.deep_gm_chi_ppm >= 0.25
     assert 0.1 < np.mean([not p.has_phase for p in shifted]) < 0.45
     training = [sample_subject_params(np.random.default_rng([3, i]), "training") for i in range(1, 40)]

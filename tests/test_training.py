@@ -15,6 +15,7 @@ from cmbflow.training import (
     ScanScores,
     augment,
     choose_threshold,
+    fit_platt,
     label_candidates,
     recalibrated,
     train_classifier,
@@ -146,6 +147,17 @@ def test_a_temperature_rescales_logits_and_keeps_the_order():
     logit = np.log(probability / (1 - probability))
     np.testing.assert_allclose(out.probability, 1 / (1 + np.exp(-logit / 2)))
     assert out.probability[1] == pytest.approx(0.5) and np.all(np.diff(out.probability) > 0)
+
+
+def test_platt_scaling_recovers_a_temperature_and_a_shift():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 4.0, 40000)
+    target = rng.random(40000) < 1 / (1 + np.exp(-(logits / 2.0 - 1.5)))
+    temperature, shift = fit_platt(logits, target)
+    assert temperature == pytest.approx(2.0, rel=0.1) and shift == pytest.approx(-1.5, abs=0.15)
+    (out,) = recalibrated([ScanScores(np.zeros((1, 3)), np.array([0.5]), np.zeros((0, 3)), np.zeros(0), np.ones(3))],
+                          temperature, shift)
+    assert out.probability[0] == pytest.approx(1 / (1 + np.exp(-shift)))
 
 
 def test_missing_weights_name_the_file(tmp_path):

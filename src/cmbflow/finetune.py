@@ -338,7 +338,8 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
     """Cross-validated fine-tuning and recalibration of one variant (``base_entry``: its base
     model card's); the model tuned on every scan, and its card entry."""
     base_threshold, base_temperature = float(base_entry["threshold"]), float(base_entry.get("temperature", 1.0))
-    base_probability = {s.label: _sigmoid(_logits(base, s) / base_temperature) for s in scans}
+    base_shift = float(base_entry.get("logit_shift", 0.0))
+    base_probability = {s.label: _sigmoid(_logits(base, s) / base_temperature + base_shift) for s in scans}
     folds = [scans[k::min(params.folds, len(scans))] for k in range(min(params.folds, len(scans)))]
     logits = {}  # each scan's, from the model tuned without it
     for k, fold in enumerate(folds):

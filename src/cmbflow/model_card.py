@@ -198,12 +198,12 @@ def _calibration_markdown(models: dict) -> list[str]:
          "not superseded); a candidate is a bleed when it lies within matching distance of one. ECE: expected "
          "calibration error over 10 equal-width bins, on all candidates and on those of probability >= 0.1 "
          "(most candidates are clear negatives near 0, which make the first small). The probabilities are "
-         "the network's logits over a temperature fitted on these candidates (least log loss)."), "",
-        "| model | candidates | bleeds | temperature | ECE | ECE (p >= 0.1) | before the temperature |",
-        "|---|---|---|---|---|---|---|",
+         "sigmoid(mean logit / temperature + shift), both fitted on these candidates (least log loss)."), "",
+        "| model | candidates | bleeds | temperature | shift | ECE | ECE (p >= 0.1) | before the fit |",
+        "|---|---|---|---|---|---|---|---|",
         *[f"| {name} | {fit['candidates']} | {fit['bleeds']} | {models[name].get('temperature', 1.0):.2f} | "
-          f"{fit['ece']:.3f} | {fit['ece_above_0.1']:.3f} | "
-          f"{models[name].get('ece_above_0.1_before_temperature', fit['ece_above_0.1']):.3f} |"
+          f"{models[name].get('logit_shift', 0.0):.2f} | {fit['ece']:.3f} | {fit['ece_above_0.1']:.3f} | "
+          f"{models[name].get('ece_above_0.1_before_calibration', fit['ece_above_0.1']):.3f} |"
           for name, fit in fits.items()],
         "", "| probability | " + " | ".join(f"{name}: candidates, observed fraction of bleeds" for name in fits) + " |",
         "|---|" + "---|" * len(fits),
