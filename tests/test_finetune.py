@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from cmbflow.evaluate import ratings_from_truth
-from cmbflow.finetune import MISSED_RADIUS_MM, choose_site_threshold, label_rated_candidates
-from cmbflow.training import ScanScores, fit_temperature
+from cmbflow.finetune import MISSED_RADIUS_MM, choose_site_threshold, fit_temperature, label_rated_candidates
+from cmbflow.training import ScanScores
 
 VOXEL = (1.0, 1.0, 2.0)
 

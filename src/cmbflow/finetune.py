@@ -44,14 +44,13 @@ from cmbflow.errors import InputError
 from cmbflow.evaluate import match_detections
 from cmbflow.image import write_json
 from cmbflow.model import MODEL_CARD, CandidateNet, ModelSpec, load_model, packaged_model_dir, save_model, sha256
-from cmbflow.patches import candidate_features
+from cmbflow.patches import candidate_features, views
 from cmbflow.ratings import rate_subject, ratings_files
 from cmbflow.training import (
     ScanOutputs,
     ScanScores,
     augment,
     collect_patches,
-    fit_temperature,
     metrics_at,
     operating_curve,
     scan_patches,
@@ -243,7 +242,6 @@ def tune_model(base: CandidateNet, site: Examples, hard: npt.NDArray[np.bool_], 
     torch.use_deterministic_algorithms(True, warn_only=True)
     model = CandidateNet(base.spec)
     model.load_state_dict(base.state_dict())
-    views = base.spec.input_channels // base.spec.in_channels
     x_site, f_site, y_site = (torch.from_numpy(a) for a in (site.patches, site.features, site.target))
     x_replay, f_replay, y_replay = (torch.from_numpy(a) for a in (replay.patches, replay.features, replay.target))
     bleeds = torch.from_numpy(np.flatnonzero(site.target > 0.5))
@@ -271,12 +269,20 @@ def tune_model(base: CandidateNet, site: Examples, hard: npt.NDArray[np.bool_], 
             y = torch.cat([y_site[chosen], y_replay[replayed]])
             member.train()
             for batch in torch.randperm(len(y), generator=generator).split(params.batch_size):
-                loss = F.binary_cross_entropy_with_logits(member(augment(x[batch], generator, views), f[batch]), y[batch])
+                loss = F.binary_cross_entropy_with_logits(member(augment(x[batch], generator, views(base.spec.context_mm)), f[batch]), y[batch])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 schedule.step()
     return model.eval()
+
+
+def fit_temperature(logits: npt.ArrayLike, target: npt.ArrayLike) -> float:
+    """The temperature (0.25-4, on a log grid) that minimises the log loss of ``sigmoid(logit / T)``."""
+    logits, target = np.asarray(logits, dtype=float), np.asarray(target, dtype=float)
+    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 81))
+    loss = [np.mean(np.logaddexp(0.0, z) - target * z) for z in (logits[None, :] / grid[:, None])]
+    return float(grid[int(np.argmin(loss))])
 
 
 def choose_site_threshold(scans: Sequence[ScanScores], min_sensitivity: float, max_fp_per_scan: float) -> float:

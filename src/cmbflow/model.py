@@ -23,7 +23,7 @@ from torch import nn
 
 from cmbflow.errors import InputError
 from cmbflow.image import atomic_path
-from cmbflow.patches import PATCH_MM, PATCH_SIZE, n_features
+from cmbflow.patches import PATCH_MM, PATCH_SIZE, n_features, views
 
 #: The model variants, by image kinds (magnitude, and phase).
 VARIANTS = {"phase": 2, "magnitude": 1}
@@ -50,7 +50,7 @@ class ModelSpec:
     @property
     def input_channels(self) -> int:
         """Channels of a patch: each kind once, or twice with the wide view."""
-        return self.in_channels * (2 if self.context_mm else 1)
+        return self.in_channels * views(self.context_mm)
 
     def to_metadata(self) -> dict[str, str]:
         return {"cmbflow_spec": json.dumps(asdict(self))}

@@ -104,6 +104,11 @@ def magnitude_reference(magnitude: npt.NDArray[np.floating], mask: npt.NDArray[n
     return reference
 
 
+def views(context_mm: float) -> int:
+    """Views per image kind: the patch, and the wide view when ``context_mm`` is not 0."""
+    return 2 if context_mm else 1
+
+
 def candidate_patches(
     magnitude: npt.NDArray[np.floating],
     mask: npt.NDArray[np.bool_],

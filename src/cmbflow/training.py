@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import torch
-from scipy import optimize
+from scipy import optimize, special
 from torch.nn import functional as F
 
 from cmbflow.config import TrainParams
@@ -43,7 +43,7 @@ from cmbflow.model import (
     load_model,
     save_model,
 )
-from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, n_features
+from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, n_features, views
 from cmbflow.transforms import Transforms, points_to_mni
 
 log = logging.getLogger(__name__)
@@ -187,9 +187,9 @@ def train_classifier(
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
-    views = 2 if params.context_mm else 1
-    spec = ModelSpec(in_channels=patches.shape[1] // views, widths=params.widths, patch_size=patches.shape[-1],
-                     n_features=features.shape[1], members=members, context_mm=params.context_mm)
+    spec = ModelSpec(in_channels=patches.shape[1] // views(params.context_mm), widths=params.widths,
+                     patch_size=patches.shape[-1], n_features=features.shape[1], members=members,
+                     context_mm=params.context_mm)
     x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     f_all = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
@@ -219,7 +219,7 @@ def train_classifier(
             member.train()
             total = 0.0
             for batch in order.split(params.batch_size):
-                x = augment(x_all[batch], generator, views).to(device)
+                x = augment(x_all[batch], generator, views(params.context_mm)).to(device)
                 logits = member(x, f_all[batch].to(device))
                 loss = F.binary_cross_entropy_with_logits(logits, y_all[batch].to(device))
                 optimiser.zero_grad()
@@ -279,14 +279,6 @@ def metrics_at(scans: list[ScanScores], threshold: float) -> dict[str, float]:
     return detection_metrics(matches)
 
 
-def fit_temperature(logits: npt.ArrayLike, target: npt.ArrayLike) -> float:
-    """The temperature (0.25-4, on a log grid) that minimises the log loss of ``sigmoid(logit / T)``."""
-    logits, target = np.asarray(logits, dtype=float), np.asarray(target, dtype=float)
-    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 81))
-    loss = [np.mean(np.logaddexp(0.0, z) - target * z) for z in (logits[None, :] / grid[:, None])]
-    return float(grid[int(np.argmin(loss))])
-
-
 def fit_platt(logits: npt.ArrayLike, target: npt.ArrayLike) -> tuple[float, float]:
     """The temperature T and shift b of least log loss of ``sigmoid(logit / T + b)`` (Platt scaling).
 
@@ -296,7 +288,7 @@ def fit_platt(logits: npt.ArrayLike, target: npt.ArrayLike) -> tuple[float, floa
 
     def loss(wb: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
         u = wb[0] * z + wb[1]
-        error = 1.0 / (1.0 + np.exp(-u)) - y
+        error = special.expit(u) - y
         return float(np.mean(np.logaddexp(0.0, u) - y * u)), np.array([np.mean(error * z), np.mean(error)])
 
     w, b = optimize.minimize(loss, np.array([1.0, 0.0]), jac=True, method="BFGS").x
@@ -305,14 +297,12 @@ def fit_platt(logits: npt.ArrayLike, target: npt.ArrayLike) -> tuple[float, floa
 
 def logit(p: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """log(p / (1 - p)), with p kept off 0 and 1 (float32 sigmoids reach both)."""
-    p = np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
+    return special.logit(np.clip(np.asarray(p, dtype=float), 1e-7, 1 - 1e-7))
 
 
 def recalibrated(scans: list[ScanScores], temperature: float, shift: float = 0.0) -> list[ScanScores]:
     """The scans with each probability p replaced by sigmoid(logit(p) / temperature + shift)."""
-    return [dataclasses.replace(s, probability=1.0 / (1.0 + np.exp(-(logit(s.probability) / temperature + shift))))
-            for s in scans]
+    return [dataclasses.replace(s, probability=special.expit(logit(s.probability) / temperature + shift)) for s in scans]
 
 
 def train_models(
@@ -326,12 +316,11 @@ def train_models(
     if float(data["context_mm"]) != params.context_mm:
         raise ValueError(f"{patches_npz} has wide views of {float(data['context_mm'])} mm, the settings ask for "
                          f"{params.context_mm} mm: collect the patches again")
-    views = 2 if params.context_mm else 1
     mimics = data["kind"] == "calcification"
     history = {}
     for variant, x, f, y, m, out in (
         ("phase", patches[has_phase], features[has_phase], labels[has_phase], mimics[has_phase], out_phase),
-        ("magnitude", patches[:, :views], features[:, : n_features(with_phase=False)], labels, mimics, out_magnitude),
+        ("magnitude", patches[:, :views(params.context_mm)], features[:, : n_features(with_phase=False)], labels, mimics, out_magnitude),
     ):
         started = time.perf_counter()
         model, epochs = train_classifier(x, f, y, params, device, mimics=m, members=members[variant])
@@ -356,10 +345,11 @@ def score_scans(
     scored: dict[str, dict[str, list[ScanScores]]] = {name: {"phase": [], "magnitude_only": []} for name in models}
     for stage1 in sorted(stage1_dir.rglob(f"*{STAGE1_TABLE}.tsv")):
         scan = ScanOutputs.find(stage1)
-        views = {}  # patches by wide-view extent, made once for the models that share it
+        by_extent = {}  # patches by wide-view extent, made once for the models that share it
         for model in models.values():
-            if model.spec.context_mm not in views:
-                table, views[model.spec.context_mm], voxel = scan_patches(scan, paramagnetic_sign, model.spec.context_mm)
+            if model.spec.context_mm not in by_extent:
+                table, by_extent[model.spec.context_mm], voxel = scan_patches(scan, paramagnetic_sign,
+                                                                               model.spec.context_mm)
         truth = pd.read_csv(truth_dir / stage1.parent.relative_to(stage1_dir) / f"{scan.prefix}{TRUTH_SUFFIX}", sep="\t")
         truth = truth[truth["kind"] == "cmb"]
         truth_xyz, truth_radius = truth[["x", "y", "z"]].to_numpy(float), truth["diameter_mm"].to_numpy(float) / 2
@@ -370,7 +360,7 @@ def score_scans(
                 continue
             with_phase = model.spec.in_channels == 2
             probability = Classifier(model, 0.5, name).predict(
-                views[model.spec.context_mm][:, : model.spec.input_channels], candidate_features(table, with_phase),
+                by_extent[model.spec.context_mm][:, : model.spec.input_channels], candidate_features(table, with_phase),
                 device)
             standing = ~superseded(xyz, probability)  # as the workflow calls them
             scored[name][group].append(ScanScores(xyz[standing], probability[standing], truth_xyz, truth_radius, voxel))
