@@ -11,6 +11,8 @@ from scipy import ndimage
 from cmbflow.candidates import (
     CANDIDATE_COLUMNS,
     ball_footprint,
+    contrast_ratio,
+    dark_components,
     darkest_nearby,
     darkest_voxels,
     distance_to_outside,
@@ -138,6 +140,41 @@ def test_bleed_inside_a_darker_nucleus_is_measured_against_its_own_surroundings(
     assert row["contrast"] > 0.75
     assert row["radius_mm"] == pytest.approx(2.0, abs=0.75)
     assert row["roundness"] > 0.45 and row["elongation"] < 1.6
+
+
+def dark_ball_with_two_bleeds() -> tuple[np.ndarray, np.ndarray]:
+    """A 22 mm ball at 40 % of the background (a deep grey nucleus at a long echo time) holding
+    two bleeds, 4 mm and 3 mm wide, 8 mm apart. Returns the image and the bleeds' centres."""
+    xyz = world_grid()
+    centres = np.array([[-4.0, 0.0, 0.0], [4.0, 0.0, 0.0]])
+    data = np.where(np.linalg.norm(xyz, axis=-1) < 11.0, 0.4, 1.0)
+    for centre, diameter, depth in zip(centres, (4.0, 3.0), (0.1, 0.15)):
+        inside = np.clip(diameter / 2 + 0.5 - np.linalg.norm(xyz - centre, axis=-1), 0, 1)
+        data = data * (1.0 - inside) + depth * inside
+    data = 300.0 * data + 6.0 * np.random.default_rng(4).standard_normal(SHAPE)
+    return data.astype(np.float32), centres
+
+
+def test_dark_components_separate_a_bleed_from_a_larger_dark_region() -> None:
+    data, centres = dark_ball_with_two_bleeds()
+    mask = np.ones(SHAPE, dtype=bool)
+    params = CandidateParams()
+    ratio = contrast_ratio(data, mask, voxel_sizes(AFFINE), params)
+    seeds_xyz = ijk_to_xyz(AFFINE, dark_components(ratio, mask, voxel_sizes(AFFINE), params))
+    assert match_detections(seeds_xyz, centres, [2.0, 1.5], voxel_sizes(AFFINE)).false_negatives == 0
+    # At the shallowest level alone each bleed is part of the ball, too large to be a bleed.
+    shallow = params.model_copy(update={"component_contrasts": (0.25,)})
+    seeds_xyz = ijk_to_xyz(AFFINE, dark_components(ratio, mask, voxel_sizes(AFFINE), shallow))
+    assert match_detections(seeds_xyz, centres, [2.0, 1.5], voxel_sizes(AFFINE)).false_negatives == 2
+
+
+def test_a_region_larger_than_a_bleed_claims_no_other_bleed() -> None:
+    # The darker bleed's region is the whole ball (its surroundings are dark too); before regions
+    # this large stopped claiming the seeds inside them, the second bleed was lost.
+    data, centres = dark_ball_with_two_bleeds()
+    table = find_candidates(nib.Nifti1Image(data, AFFINE), np.ones(SHAPE, dtype=bool), None, CandidateParams())
+    match = match_detections(table[["x", "y", "z"]], centres, [2.0, 1.5], voxel_sizes(AFFINE))
+    assert match.false_negatives == 0
 
 
 def test_a_bleed_stretched_along_b0_is_one_candidate() -> None:

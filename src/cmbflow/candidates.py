@@ -5,7 +5,8 @@ generators run on the image divided by a robust local background (so thresholds 
 independent of scanner scaling and bias residue):
 
 * ``frst``: local maxima of the dark-blob radial symmetry transform (:func:`cmbflow.frst.frst3d`);
-* ``threshold``: connected components of dark voxels whose equivalent diameter fits a microbleed.
+* ``threshold``: connected components of dark voxels whose equivalent diameter fits a microbleed,
+  taken at several depths (:func:`dark_components`).
 
 Seeds are moved to the darkest voxel nearby and merged by distance (non-maximum suppression);
 after measuring, candidates whose centres are as close are merged again (:func:`drop_repeated_centres`).
@@ -105,18 +106,24 @@ def dark_components(
     voxel_size_mm: Sequence[float],
     params: CandidateParams,
 ) -> npt.NDArray[np.int64]:
-    """Darkest voxel (N, 3) of each dark component whose equivalent diameter fits a microbleed."""
-    dark = mask & (ratio < 1.0 - params.seed_contrast)
-    labels, n = ndimage.label(dark)
-    if n == 0:
-        return np.zeros((0, 3), dtype=np.int64)
-    index = np.arange(1, n + 1)
-    counts = ndimage.sum_labels(np.ones_like(ratio), labels, index)
-    diameter = (6.0 * counts * float(np.prod(voxel_size_mm)) / np.pi) ** (1.0 / 3.0)
-    keep = index[(diameter >= params.min_diameter_mm) & (diameter <= params.max_diameter_mm)]
-    if keep.size == 0:
-        return np.zeros((0, 3), dtype=np.int64)
-    return darkest_voxels(ratio, labels, keep)
+    """Darkest voxel (N, 3) of each dark component whose equivalent diameter fits a microbleed,
+    with components taken at each of ``params.component_contrasts``.
+
+    One level is not enough: at long echo times or in an atrophied brain, a bleed at the shallow
+    level is part of a dark region far larger than any bleed, and only separates from it at a
+    deeper level.
+    """
+    voxel_volume = float(np.prod(voxel_size_mm))
+    found = [np.zeros((0, 3), dtype=np.int64)]
+    for contrast in params.component_contrasts:
+        labels, n = ndimage.label(mask & (ratio < 1.0 - contrast))
+        if n == 0:
+            continue
+        diameter = (6.0 * np.bincount(labels.ravel())[1:] * voxel_volume / np.pi) ** (1.0 / 3.0)
+        keep = 1 + np.nonzero((diameter >= params.min_diameter_mm) & (diameter <= params.max_diameter_mm))[0]
+        if keep.size:
+            found.append(darkest_voxels(ratio, labels, keep))
+    return np.unique(np.concatenate(found), axis=0)
 
 
 def darkest_voxels(
@@ -368,7 +375,8 @@ def find_candidates(
     edge_distance = distance_to_outside(mask, seeds, sizes)
     # Seeds come darkest first: a seed inside the region of a darker round candidate is the same
     # lesion (a large bleed has a flat dark core). Elongated regions claim nothing, so a bleed
-    # touching a vein survives.
+    # touching a vein survives, and nor do regions larger than any bleed (a nucleus dark at a
+    # long echo time), so a bleed inside one survives.
     claimed = np.zeros(ratio.shape, dtype=bool)
     rows = []
     for n, (seed, source) in enumerate(zip(seeds, sources)):
@@ -382,7 +390,7 @@ def find_candidates(
         radius, volume, roundness, elongation = shape_features(region, affine)
         if radius < params.min_radius_mm:
             continue
-        if roundness >= params.claim_roundness:
+        if roundness >= params.claim_roundness and radius <= params.max_diameter_mm / 2.0:
             claimed[tuple(region.T)] = True
         near = np.linalg.norm((region - seed) * sizes, axis=1) <= params.centroid_radius_mm
         weights = 0.5 * (darkest + background) - ratio[tuple(region[near].T)] + 1e-6

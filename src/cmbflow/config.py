@@ -116,6 +116,11 @@ class CandidateParams(_Strict):
     frst_alpha: float = Field(2.0, gt=0)
     frst_gradient_quantile: float = Field(0.7, ge=0, lt=1)
     frst_threshold: float = Field(0.01, ge=0, description="least FRST response of an FRST peak")
+    component_contrasts: tuple[Annotated[float, Field(gt=0, lt=1)], ...] = Field(
+        (0.25, 0.5, 0.75), min_length=1, description="dark components are taken at each of these "
+        "contrasts (1 - intensity/smooth background): a bleed inside a larger dark region separates "
+        "from it at a deeper level"
+    )
     min_diameter_mm: float = Field(1.2, gt=0, description="least equivalent diameter of a dark component")
     max_diameter_mm: float = Field(12.0, gt=0, description="largest equivalent diameter of a dark component")
     min_radius_mm: float = Field(0.6, ge=0, description="least apparent radius of a candidate (drops "
