@@ -169,12 +169,26 @@ def test_dark_components_separate_a_bleed_from_a_larger_dark_region() -> None:
 
 
 def test_a_region_larger_than_a_bleed_claims_no_other_bleed() -> None:
-    # The darker bleed's region is the whole ball (its surroundings are dark too); before regions
-    # this large stopped claiming the seeds inside them, the second bleed was lost.
+    # With a first background from beyond the ball (a search reaching 20 mm), the darker bleed's
+    # region is the whole ball; before regions this large stopped claiming the seeds inside them,
+    # the second bleed was lost.
+    data, centres = dark_ball_with_two_bleeds()
+    params = CandidateParams(background_search_mm=20.0)
+    table = find_candidates(nib.Nifti1Image(data, AFFINE), np.ones(SHAPE, dtype=bool), None, params)
+    assert table["radius_mm"].max() > params.max_diameter_mm / 2.0
+    match = match_detections(table[["x", "y", "z"]], centres, [2.0, 1.5], voxel_sizes(AFFINE))
+    assert match.false_negatives == 0
+
+
+def test_a_bleed_in_dark_tissue_is_measured_against_that_tissue() -> None:
+    # The first background is the brightest shell within background_search_mm, here the ball:
+    # each bleed's region is the bleed, not the ball.
     data, centres = dark_ball_with_two_bleeds()
     table = find_candidates(nib.Nifti1Image(data, AFFINE), np.ones(SHAPE, dtype=bool), None, CandidateParams())
     match = match_detections(table[["x", "y", "z"]], centres, [2.0, 1.5], voxel_sizes(AFFINE))
     assert match.false_negatives == 0
+    radius = table["radius_mm"].to_numpy()[match.pairs[np.argsort(match.pairs[:, 1]), 0]]
+    assert radius == pytest.approx([2.0, 1.5], abs=0.75)
 
 
 def test_a_bleed_stretched_along_b0_is_one_candidate() -> None:

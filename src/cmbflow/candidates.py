@@ -230,8 +230,9 @@ def lesion_region(
     """The dark region around ``seed`` at half its depth below its own surroundings.
 
     The local background is the median of a shell just outside the lesion, found from the radial
-    profile of shell medians (which a vein or a darker nucleus touching the lesion barely moves);
-    two rounds settle radius and background. The region is the face-connected set of voxels at
+    profile of shell medians (which a vein or a darker nucleus touching the lesion barely moves):
+    starting from the brightest shell median within ``background_search_mm``, two rounds settle
+    radius and background. The region is the face-connected set of voxels at
     or below half depth, kept within twice the radius (plus two voxels) of the seed so that a
     touching dark structure cannot inflate it much, while a vessel still shows as elongated.
     Returns the region's voxels (N, 3) and the local background (in ratio units).
@@ -248,7 +249,11 @@ def lesion_region(
     profile, step = radial_median_profile(crop[ball], dist[ball], 0.5 * float(voxel_size_mm.min()))
 
     darkest = float(crop[local])
-    background = 1.0
+    # Start from the brightest shell median near the seed, not from the scan's background (1):
+    # where the tissue around a bleed is itself dark (white matter beside bright CSF at a long
+    # echo time, an iron-rich nucleus) the half-depth level of 1 would take in all of it.
+    near = np.arange(len(profile)) * step <= params.background_search_mm
+    background = float(np.nanmax(profile[near])) if np.isfinite(profile[near]).any() else 1.0
     radius = float(voxel_size_mm.min())
     for _ in range(2):
         level = 0.5 * (darkest + background)

@@ -129,6 +129,8 @@ class CandidateParams(_Strict):
     merge_distance_mm: float = Field(2.5, ge=0, description="seeds, and candidate centres, closer than this "
                                      "are one candidate")
     region_half_width_mm: float = Field(12.0, gt=0, description="half width of the box a region may grow in")
+    background_search_mm: float = Field(6.0, gt=0, description="a lesion's first background estimate is the "
+                                        "brightest shell median within this distance of its darkest voxel")
     background_shell_mm: float = Field(2.0, gt=0, description="thickness of the shell outside a lesion "
                                        "whose median is its local background")
     centroid_radius_mm: float = Field(3.0, gt=0, description="region voxels within this of the darkest "
