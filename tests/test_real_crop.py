@@ -38,7 +38,7 @@ def detections():
 
 def test_real_tissue_gives_few_candidates_and_no_calls(detections):
     table, calls = detections
-    # Measured 53 in this 24 x 24 x 41 mm crop of tissue with veins (stage 1 favours recall).
+    # Measured 59 in this 24 x 24 x 41 mm crop of tissue with veins (stage 1 favours recall).
     assert len(table) <= 80
     assert not calls.any()
-    assert table["probability"].max() < 0.1  # measured 0.0002 (calibrated); the phase model calls from 0.362
+    assert table["probability"].max() < 0.1  # measured 0.0006 (calibrated); the phase model calls from 0.362
