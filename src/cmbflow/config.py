@@ -164,9 +164,6 @@ class TrainParams(_Strict):
     mimics_every_epoch: bool = Field(True, description="show every named mimic (calcification) in every "
                                      "epoch, on top of the drawn negatives")
     widths: tuple[int, ...] = (8, 16, 32)
-    magnitude_reference: Literal["brain", "patch"] = Field(
-        "brain", description="what the magnitude patch is relative to: the brain median, or each patch's own median"
-    )
     context_mm: float = Field(0.0, ge=0, description="extent of the wide view beside the 20 mm patch "
                               "(cmbflow.patches), e.g. 40; 0 = none (it did not help: benchmarks/RESULTS.md)")
     seed: int = 0

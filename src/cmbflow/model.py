@@ -46,7 +46,6 @@ class ModelSpec:
     n_features: int = 0  # stage-1 measurements beside the patch (cmbflow.patches.candidate_features)
     members: int = 1  # networks whose logits are averaged
     context_mm: float = 0.0  # extent of the wide view of each kind (cmbflow.patches); 0 = none
-    magnitude_reference: str = "brain"  # "patch": magnitude channels divided by each patch's own median
 
     @property
     def input_channels(self) -> int:
@@ -61,16 +60,7 @@ class ModelSpec:
         raw = json.loads((metadata or {})["cmbflow_spec"])
         return cls(int(raw["in_channels"]), tuple(int(w) for w in raw["widths"]), int(raw["patch_size"]),
                    float(raw["patch_mm"]), int(raw["n_features"]), int(raw["members"]),
-                   float(raw.get("context_mm", 0.0)), str(raw.get("magnitude_reference", "brain")))
-
-
-def relative_to_patch(x: torch.Tensor, magnitude_channels: int) -> torch.Tensor:
-    """``x`` with its first ``magnitude_channels`` divided by each patch's own median: the tissue
-    around a candidate near 1 whatever the scan's contrast (at a long echo time white matter is far
-    darker than the brain median, which bright CSF raises)."""
-    magnitude = x[:, :magnitude_channels]
-    median = magnitude.flatten(2).median(dim=2).values.clamp(min=0.05)[..., None, None, None]
-    return torch.cat([(magnitude / median).clamp(max=4.0), x[:, magnitude_channels:]], dim=1)
+                   float(raw.get("context_mm", 0.0)))
 
 
 class ResidualBlock(nn.Module):
@@ -124,8 +114,6 @@ class ResidualNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(joined, 64), nn.ReLU(), nn.Linear(64, 1))
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
-        if self.spec.magnitude_reference == "patch":
-            x = relative_to_patch(x, views(self.spec.context_mm))
         parts = [self.flatten(self.features(x))]
         if self.measurements is not None:
             if features is None:

@@ -189,7 +189,7 @@ def train_classifier(
     torch.use_deterministic_algorithms(True, warn_only=True)
     spec = ModelSpec(in_channels=patches.shape[1] // views(params.context_mm), widths=params.widths,
                      patch_size=patches.shape[-1], n_features=features.shape[1], members=members,
-                     context_mm=params.context_mm, magnitude_reference=params.magnitude_reference)
+                     context_mm=params.context_mm)
     x_all = torch.from_numpy(np.asarray(patches, dtype=np.float32))
     f_all = torch.from_numpy(np.asarray(features, dtype=np.float32))
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.float32))
