@@ -154,7 +154,7 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
     every named mimic; SNR 12-30, the training's ringing and ghosts, either field strength, a
     quarter of the scans without phase. ``shifted-protocol``, ``shifted-anatomy`` and
     ``shifted-vessels`` (veins, iron and mimics) each go beyond in that family alone, with the same
-    heads for a seed, so that a loss on ``shifted`` can be traced to its cause.
+    parameters elsewhere for a seed, so that a loss on ``shifted`` can be traced to its cause.
 
     The phase sign is the cmbflow default (paramagnetic negative) in every preset: it is a
     convention of the site, set once in the config, and the classifier sees signed phase.
@@ -291,7 +291,8 @@ def sample_subject_params(rng: np.random.Generator, preset: str) -> SubjectParam
 def _shifted(rng: np.random.Generator, families: tuple[str, ...]) -> SubjectParams:
     """A ``training`` head pushed beyond the training ranges in ``families`` (of
     :data:`SHIFTED_FAMILIES`). Every family's values are drawn whichever are applied, so one seed
-    gives the same heads, bleeds and scans in every ``shifted`` preset but for those families."""
+    gives the same parameters in every ``shifted`` preset but for those families (where the bleeds
+    fall still depends on the anatomy)."""
     params = sample_subject_params(rng, "training")
     slice_axis = int(np.argmax(params.voxel_size_mm))
     in_plane = _uniform(rng, 0.35, 0.39, 2) if rng.random() < 0.3 else _uniform(rng, 1.22, 1.3, 2)
