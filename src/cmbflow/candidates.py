@@ -251,9 +251,9 @@ def lesion_region(
     darkest = float(crop[local])
     # Start from the brightest shell median near the seed, not from the scan's background (1):
     # where the tissue around a bleed is itself dark (white matter beside bright CSF at a long
-    # echo time, an iron-rich nucleus) the half-depth level of 1 would take in all of it.
-    near = np.arange(len(profile)) * step <= params.background_search_mm
-    background = float(np.nanmax(profile[near])) if np.isfinite(profile[near]).any() else 1.0
+    # echo time, an iron-rich nucleus) the half-depth level of 1 would take in all of it. The
+    # first shell holds the seed, so there is always one.
+    background = float(np.nanmax(profile[np.arange(len(profile)) * step <= params.background_search_mm]))
     radius = float(voxel_size_mm.min())
     for _ in range(2):
         level = 0.5 * (darkest + background)
