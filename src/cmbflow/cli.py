@@ -67,9 +67,10 @@ def run_evaluate(argv: list[str]) -> int:
           f"precision {calls['precision']:.3f}, F1 {calls['f1']:.3f}, FP/scan {calls['fp_per_scan']:.2f}")
     print(f"candidate recall {result['candidate_recall']:.3f} ({result['candidates_per_scan']:.0f} candidates/scan)")
     print("FROC sensitivity at FP/scan " + ", ".join(f"{k}: {v:.3f}" for k, v in result["froc_sensitivity_at_fp_per_scan"].items()))
-    if "per_region" in result:
-        print("per region: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})"
-                                         for k, v in result["per_region"].items()))
+    for by in ("region", "diameter"):
+        if f"per_{by}" in result:
+            print(f"per {by}: " + ", ".join(f"{k} {v['sensitivity']:.3f} (n={v['lesions']})"
+                                            for k, v in result[f"per_{by}"].items()))
     fit = result["calibration"]
     print(f"calibration of the candidates' probability: ECE {fit['ece']:.3f} ({fit['candidates']} candidates), "
           f"{fit['ece_above_0.1']:.3f} over those >= 0.1")

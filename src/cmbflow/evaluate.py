@@ -42,6 +42,9 @@ MASK_SUFFIXES = ("_CMB.nii.gz", "_CMB.nii", "_desc-cmb_mask.nii.gz", "_desc-cmb_
 POINTS_COLUMNS = ("participant_id", "x", "y", "z")
 #: Equal-width probability bins of the reliability table and the expected calibration error.
 CALIBRATION_BINS = 10
+#: Edges (mm) of the true-diameter bins of ``per_diameter`` (simulated truth): a bleed under 2 mm
+#: across is the one most easily taken for a vein's cross-section.
+DIAMETER_BINS_MM = (2.0, 3.0, 5.0)
 #: A call this close (mm) to a simulated iron nucleus's extent is a call at that nucleus.
 NUCLEUS_MARGIN_MM = 2.0
 
@@ -404,8 +407,8 @@ def _curve_points(curve: pd.DataFrame) -> list[list[float | None]]:
 def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
     """Compare a workflow's outputs with a simulator's ground truth (``derivatives/simulation``).
 
-    Returns lesion-level metrics of the final calls, candidate-stage recall, per-region
-    sensitivity, the FROC of the candidates' probabilities and, where the output has its MARS atlas
+    Returns lesion-level metrics of the final calls, candidate-stage recall, per-region and
+    per-diameter (:data:`DIAMETER_BINS_MM`) sensitivity, the FROC of the candidates' probabilities and, where the output has its MARS atlas
     (``atlas/``), the calls' :func:`region_accuracy`, over every subject/session that has both
     truth and outputs; ``by_phase`` repeats the main figures for the scans with phase
     (the output has a high-pass phase) and without (``magnitude_only``; a group without scans is
@@ -420,19 +423,34 @@ def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
                          fix="point TRUTH_DIR at derivatives/simulation and OUTPUT_DIR at the workflow output")
     atlas_path = output_dir / "atlas" / ATLAS_NAME
     located = {"region_accuracy": region_accuracy(scans, read_mars_atlas(atlas_path))} if atlas_path.exists() else {}
-    return _results(scans, located)
+    return _results(scans, {"per_diameter": sensitivity_by_diameter(scans), **located})
+
+
+def _sensitivity_by(scans: Sequence[_Scan], labels: Sequence[npt.NDArray]) -> dict:
+    """The calls' sensitivity for each value of ``labels`` (per scan, one label per true lesion)."""
+    figures = {}
+    for value in sorted({v for scan_labels in labels for v in scan_labels}):
+        hit = total = 0
+        for s, scan_labels in zip(scans, labels):
+            mine = set(np.flatnonzero(scan_labels == value))
+            total += len(mine)
+            hit += len(mine & set(s.calls_match.pairs[:, 1].tolist()))
+        figures[value] = {"lesions": total, "sensitivity": hit / total}
+    return figures
+
+
+def sensitivity_by_diameter(scans: Sequence[_Scan]) -> dict:
+    """The calls' sensitivity per bin of :data:`DIAMETER_BINS_MM` of the true diameter."""
+    names = [f"<{DIAMETER_BINS_MM[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(DIAMETER_BINS_MM, DIAMETER_BINS_MM[1:])] \
+        + [f">={DIAMETER_BINS_MM[-1]:g}"]
+    bins = [np.digitize(2 * s.truth["radius_mm"].to_numpy(dtype=float), DIAMETER_BINS_MM) for s in scans]
+    return {f"{names[k]} mm": v for k, v in _sensitivity_by(scans, bins).items()}
 
 
 def _results(scans: Sequence[_Scan], extra: dict) -> dict:
     """The figures of :func:`evaluate_outputs` (``per_region`` only where the truth has regions)."""
-    regions = {}
-    for region in sorted({r for s in scans if "region" in s.truth for r in s.truth["region"]}):
-        hit = total = 0
-        for s in scans:
-            in_region = set(np.flatnonzero(s.truth["region"].to_numpy() == region)) if "region" in s.truth else set()
-            total += len(in_region)
-            hit += len(in_region & set(s.calls_match.pairs[:, 1].tolist()))
-        regions[region] = {"lesions": total, "sensitivity": hit / total if total else float("nan")}
+    regions = _sensitivity_by(scans, [s.truth["region"].to_numpy() if "region" in s.truth else np.array([])
+                                      for s in scans])
     per_scan = [
         {"scan": s.name, "phase": s.has_phase, "lesions": len(s.truth),
          "true_positives": s.calls_match.true_positives, "false_positives": s.calls_match.false_positives,
