@@ -408,8 +408,9 @@ def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
     """Compare a workflow's outputs with a simulator's ground truth (``derivatives/simulation``).
 
     Returns lesion-level metrics of the final calls, candidate-stage recall, per-region and
-    per-diameter (:data:`DIAMETER_BINS_MM`) sensitivity, the FROC of the candidates' probabilities and, where the output has its MARS atlas
-    (``atlas/``), the calls' :func:`region_accuracy`, over every subject/session that has both
+    per-diameter (:data:`DIAMETER_BINS_MM`) sensitivity, the FROC of the candidates'
+    probabilities and, where the output has its MARS atlas (``atlas/``), the calls'
+    :func:`region_accuracy`, over every subject/session that has both
     truth and outputs; ``by_phase`` repeats the main figures for the scans with phase
     (the output has a high-pass phase) and without (``magnitude_only``; a group without scans is
     left out), and ``froc_curve`` holds the curves (``all`` and per group) as
@@ -428,23 +429,20 @@ def evaluate_outputs(truth_dir: str | Path, output_dir: str | Path) -> dict:
 
 def _sensitivity_by(scans: Sequence[_Scan], labels: Sequence[npt.NDArray]) -> dict:
     """The calls' sensitivity for each value of ``labels`` (per scan, one label per true lesion)."""
-    figures = {}
-    for value in sorted({v for scan_labels in labels for v in scan_labels}):
-        hit = total = 0
-        for s, scan_labels in zip(scans, labels):
-            mine = set(np.flatnonzero(scan_labels == value))
-            total += len(mine)
-            hit += len(mine & set(s.calls_match.pairs[:, 1].tolist()))
-        figures[value] = {"lesions": total, "sensitivity": hit / total}
-    return figures
+    labels_all = np.concatenate([np.asarray(scan_labels, dtype=object) for scan_labels in labels])
+    found = np.concatenate([np.isin(np.arange(len(scan_labels)), s.calls_match.pairs[:, 1])
+                            for s, scan_labels in zip(scans, labels)])
+    return {value: {"lesions": int((labels_all == value).sum()),
+                    "sensitivity": float(found[labels_all == value].mean())}
+            for value in sorted(set(labels_all))}
 
 
 def sensitivity_by_diameter(scans: Sequence[_Scan]) -> dict:
     """The calls' sensitivity per bin of :data:`DIAMETER_BINS_MM` of the true diameter."""
-    names = [f"<{DIAMETER_BINS_MM[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(DIAMETER_BINS_MM, DIAMETER_BINS_MM[1:])] \
-        + [f">={DIAMETER_BINS_MM[-1]:g}"]
-    bins = [np.digitize(2 * s.truth["radius_mm"].to_numpy(dtype=float), DIAMETER_BINS_MM) for s in scans]
-    return {f"{names[k]} mm": v for k, v in _sensitivity_by(scans, bins).items()}
+    edges = DIAMETER_BINS_MM
+    names = [f"<{edges[0]:g} mm", *(f"{a:g}-{b:g} mm" for a, b in zip(edges, edges[1:])), f">={edges[-1]:g} mm"]
+    bins = [np.digitize(2 * s.truth["radius_mm"].to_numpy(dtype=float), edges) for s in scans]
+    return {names[k]: v for k, v in _sensitivity_by(scans, bins).items()}
 
 
 def _results(scans: Sequence[_Scan], extra: dict) -> dict:
