@@ -45,9 +45,10 @@ MAG_SHAPE = (84, 100, 56)
 MAG_AFFINE = _grid((2.0, 2.0, 3.0), MAG_SHAPE, np.diag([-1.0, -1.0, 1.0]), np.array([0.0, -15.0, 10.0]))
 
 #: Tissue intensities (wm, gm, csf incl. the rim outside the brain, skull, scalp). ``gre_long_te``:
-#: TE 45 ms at 3 T, where brain tissue is darker than the scalp and only CSF is bright.
+#: TE 45 ms at 3 T, where brain tissue is darker than the scalp and only CSF is bright;
+#: ``gre_long_te_stripped``: the same without skull and scalp signal.
 CONTRASTS = {"gre": (0.55, 0.75, 0.95, 0.05, 0.85), "gre_long_te": (0.16, 0.2, 0.86, 0.05, 0.39),
-             "t1": (0.9, 0.6, 0.15, 0.05, 0.9)}
+             "gre_long_te_stripped": (0.16, 0.2, 0.86, 0.0, 0.0), "t1": (0.9, 0.6, 0.15, 0.05, 0.9)}
 
 
 def _head_phantom(
@@ -217,6 +218,16 @@ def test_brain_mask_dice_on_phantom(phantom, contrast, method, bound, tmp_path):
     assert found.shape == img.shape and found.dtype == bool
     assert _dice(found, mask) > bound
     assert registration.transforms.affine.exists() and registration.similarity > 0.15
+
+
+def test_brain_mask_when_the_rough_strip_fails(tmp_path):
+    # Long TE, skull and scalp without signal (as after a skull strip that kept the noise floor):
+    # the rough strip takes the dark white matter for skull (Dice 0.05, similarity 0.003); the
+    # retry from the whole head gives Dice 0.99.
+    stripped, mask, _ = _head_phantom(seed=3, contrast="gre_long_te_stripped")
+    found, registration = anat.brain_mask_and_registration(stripped, None, tmp_path / "reg_")
+    assert _dice(found, mask) > 0.96
+    assert registration.similarity > anat.RETRY_SIMILARITY and registration.transforms.affine.exists()
 
 
 @pytest.mark.slow

@@ -410,6 +410,11 @@ def _as_transforms(transforms: Transforms | RegistrationResult) -> Transforms:
 # --------------------------------------------------------------------------- brain mask
 
 
+#: Below this similarity (entropy correlation) a template registration is tried again from the
+#: whole head: failed registrations measured 0.003-0.06, good ones 0.065-0.36 (benchmarks/RESULTS.md).
+RETRY_SIMILARITY = 0.05
+
+
 def brain_mask_and_registration(
     magnitude: nib.Nifti1Image,
     t1w: nib.Nifti1Image | None,
@@ -418,7 +423,8 @@ def brain_mask_and_registration(
     transform: str = "affine",
 ) -> tuple[npt.NDArray[np.bool_], RegistrationResult]:
     """Boolean brain mask on the magnitude grid and the subject's registration to MNI, from one
-    registration; ``magnitude`` should be bias-corrected. Transform files as in :func:`register_to_mni`.
+    registration; ``magnitude`` should be bias-corrected. Transform files as in :func:`register_to_mni`
+    (``registration.transforms`` names them).
 
     ``method``:
       * ``"auto"`` (default): ``"deepbet"`` when a T1w is given, else ``"template"``.
@@ -445,6 +451,11 @@ def brain_mask_and_registration(
         # lower on average, benchmarks/RESULTS.md).
         coarse = from_ants(_coarse(to_ants(magnitude), 1.5))
         registration = register_to_mni(coarse, _intensity_brain_mask(coarse), out_prefix, transform)
+        if registration.similarity < RETRY_SIMILARITY:
+            # The rough strip failed, as on a magnitude already skull-stripped at a long TE, whose
+            # white matter it takes for skull: then the whole head is the brain. Kept if it fits better.
+            retry = register_to_mni(coarse, head_mask(coarse), f"{out_prefix}head_", transform)
+            registration = max(registration, retry, key=lambda r: r.similarity)
         _, mask_1mm = _template(1)
         pulled = mni_to_subject_image(mask_1mm, magnitude, registration, interpolator="linear")
         return np.asarray(pulled.dataobj) > 0.5, registration
