@@ -452,7 +452,7 @@ def brain_mask_and_registration(
         coarse = from_ants(_coarse(to_ants(magnitude), 1.5))
         registration = register_to_mni(coarse, _intensity_brain_mask(coarse), out_prefix, transform)
         if registration.similarity < RETRY_SIMILARITY:
-            # The rough strip failed, as on a magnitude already skull-stripped at a long TE, whose
+            # The rough strip failed, as on a long-TE magnitude without skull or scalp signal, whose
             # white matter it takes for skull: then the whole head is the brain. Kept if it fits better.
             retry = register_to_mni(coarse, head_mask(coarse), f"{out_prefix}head_", transform)
             registration = max(registration, retry, key=lambda r: r.similarity)
