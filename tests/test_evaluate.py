@@ -181,6 +181,15 @@ def test_region_accuracy_against_the_atlas_at_the_true_position(two_scans) -> No
     assert located == {"matched_calls": 2, "accuracy": 0.5, "confusion": {"lobar": {"lobar": 1}, "deep": {"lobar": 1}}}
 
 
+def test_a_mirror_vetoed_candidate_never_enters_the_froc(two_scans) -> None:
+    path = two_scans / "out" / "sub-02" / "anat" / "sub-02_desc-candidates_detections.tsv"
+    candidates = pd.read_csv(path, sep="\t")
+    candidates["mirror_vetoed"] = candidates["probability"] == 0.7  # the false positive, as at a nucleus
+    candidates.to_csv(path, sep="\t", index=False)
+    magnitude = evaluate_outputs(two_scans / "truth", two_scans / "out")["by_phase"]["magnitude_only"]
+    assert magnitude["froc_sensitivity_at_fp_per_scan"] == pytest.approx({"0.5": 1, "1.0": 1, "2.0": 1, "4.0": 1})
+
+
 def test_by_phase_leaves_out_an_empty_group(two_scans) -> None:
     (two_scans / "out" / "sub-01" / "anat" / "sub-01_part-phase_desc-hpphase_T2starw.nii.gz").unlink()
     result = evaluate_outputs(two_scans / "truth", two_scans / "out")

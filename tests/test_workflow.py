@@ -21,7 +21,8 @@ from matplotlib import image as mpimg
 from cmbflow.config import CandidateParams, PhaseConfig
 from cmbflow.derivatives import STAGE1_TABLE
 from cmbflow.detections import superseded
-from cmbflow.model import packaged_model_dir, sha256
+from cmbflow.model import load_classifier, packaged_model_dir, sha256
+from cmbflow.patches import mirror_vetoed
 from cmbflow.simulate import simulate_cohort
 from cmbflow.stages import run_stage1
 from browser import browse, chromium  # noqa: F401 - chromium is a fixture
@@ -78,6 +79,9 @@ def test_per_subject_outputs(run):
         assert flags.mimic_diamagnetic.isna().all() == (sub == "sub-003")  # no phase, no flag
         calls = flags[flags.is_cmb]  # one call per lesion: no superseded call, none within 4 mm
         assert not calls.superseded.any() and not superseded(calls[["x", "y", "z"]], calls.probability).any()
+        veto = load_classifier(None, has_phase=sub != "sub-003").mirror_veto  # the magnitude model's only
+        assert np.array_equal(flags.mirror_vetoed, mirror_vetoed(flags.mirror_contrast, veto))
+        assert not calls.mirror_vetoed.any()
         assert (anat / f"{sub}_desc-brain_mask.nii.gz").exists()
         assert (run / sub / "xfm" / f"{sub}_from-T2starw_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()
     assert (run / "sub-001" / "anat" / "sub-001_desc-swi_T2starw.nii.gz").exists()
@@ -275,7 +279,6 @@ def test_finetune_writes_a_new_model_from_ratings_and_never_the_shipped_one(run,
     from cmbflow.errors import InputError
     from cmbflow.evaluate import write_ratings_from_truth
     from cmbflow.finetune import FinetuneParams, finetune
-    from cmbflow.model import load_classifier
 
     shipped = {path.name: path.read_bytes() for path in packaged_model_dir().iterdir()}
     few, ratings, site = tmp_path / "few", tmp_path / "ratings", tmp_path / "site"
@@ -302,6 +305,7 @@ def test_finetune_writes_a_new_model_from_ratings_and_never_the_shipped_one(run,
         assert cv["before"]["scans"] == cv["after"]["scans"] == scans == sum(len(f["scans"]) for f in cv["per_fold"])
         classifier = load_classifier(site, has_phase=variant == "phase")
         assert (classifier.threshold, classifier.temperature) == (entry["threshold"], entry["temperature"])
+        assert classifier.mirror_veto == load_classifier(None, has_phase=variant == "phase").mirror_veto
     assert set(card["tuned_on"]["scans"]) == {"sub-001", "sub-002", "sub-003"}
     assert json.loads((site / "model_card.json").read_text()) == json.loads(json.dumps(card))
     for target in (site, packaged_model_dir()):

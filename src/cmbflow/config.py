@@ -180,6 +180,11 @@ class TrainingConfig(_Strict):
     max_fp_per_scan: dict[Literal["phase", "magnitude"], float] = Field(
         default_factory=lambda: {"phase": 0.5, "magnitude": 1.0},
         description="operating point of each model on the validation cohort (false positives per scan)")
+    mirror_veto: dict[Literal["phase", "magnitude"], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: {"magnitude": 0.8},
+        description="a model named here calls no candidate whose mirror partner is at least this dark relative "
+        "to it (cmbflow.patches.mirror_vetoed): the magnitude-only model's calls at iron nuclei; the phase model "
+        "makes none (benchmarks/RESULTS.md)")
     members: dict[Literal["phase", "magnitude"], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {"phase": 2, "magnitude": 3},
         description="networks per model (seeds 0, 1, ...), logits averaged; the magnitude-only model "

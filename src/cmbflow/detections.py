@@ -52,8 +52,11 @@ FEATURE_COLUMNS: dict[str, dict[str, str]] = {
         "frst": "radial symmetry transform only", "threshold": "threshold + shape only", "both": "both"}},
     "superseded": {"Description": f"A more probable candidate within {SAME_LESION_MM:g} mm stands for the same "
                    "lesion, so this one is never a call"},
+    "mirror_vetoed": {"Description": "Never a call: a candidate at least as dark as the model card's mirror_veto "
+                      "(times this one's contrast) lies at its mirror image across the MNI midline, as at a "
+                      "bilateral iron nucleus (the magnitude-only model's veto)"},
     "is_cmb": {"Description": "Whether the detection is a final microbleed call: probability at or above "
-               "the threshold, and not superseded"},
+               "the threshold, neither superseded nor mirror_vetoed"},
 }
 
 #: Where a detection lies (rule locate), after the features.
@@ -157,13 +160,13 @@ def locate_detections(
     out_calls_json: str | Path,
     **fields: object,
 ) -> None:
-    """Write the final tables of classified candidates (``table``, with ``is_cmb``, ``superseded``
-    and the MNI position ``mni_x mni_y mni_z``): every candidate with its MARS region and mimic
+    """Write the final tables of classified candidates (``table``, with ``is_cmb``, ``superseded``,
+    ``mirror_vetoed`` and the MNI position ``mni_x mni_y mni_z``): every candidate with its MARS region and mimic
     flags, and the calls (the ``is_cmb`` rows). ``fields``: the candidates sidecar's (Sources, the
     classifier's)."""
     mni = table[["mni_x", "mni_y", "mni_z"]].to_numpy(float)
     table = pd.concat([table, read_mars_atlas(atlas).lookup(mni).set_axis(table.index)], axis=1)
-    calls = table[table["is_cmb"]].drop(columns=["is_cmb", "superseded"]).reset_index(drop=True)
+    calls = table[table["is_cmb"]].drop(columns=["is_cmb", "superseded", "mirror_vetoed"]).reset_index(drop=True)
     table = pd.concat([table, mimic_flags(table)], axis=1)
     about = {key: fields[key] for key in CLASSIFIER_FIELDS}
     write_detections(

@@ -372,10 +372,17 @@ def region_accuracy(scans: Sequence[_Scan], atlas: MarsAtlas) -> dict:
             "confusion": confusion}
 
 
+def _standing(candidates: pd.DataFrame) -> pd.DataFrame:
+    never = candidates["superseded"].astype(bool)
+    if "mirror_vetoed" in candidates:  # outputs of cmbflow before the veto have none
+        never |= candidates["mirror_vetoed"].astype(bool)
+    return candidates[~never]
+
+
 def _group_figures(scans: Sequence[_Scan]) -> tuple[dict, pd.DataFrame]:
     """Call metrics, candidate recall and candidate FROC summary over ``scans``; and the FROC curve
-    (of the candidates that can be calls: superseded ones never are)."""
-    standing = [s.candidates[~s.candidates["superseded"].astype(bool)] for s in scans]
+    (of the candidates that can be calls: superseded and mirror-vetoed ones never are)."""
+    standing = [_standing(s.candidates) for s in scans]
     curve = froc_curve(
         [c["probability"].to_numpy() for c in standing],
         [_xyz(c) for c in standing],

@@ -44,7 +44,7 @@ from cmbflow.errors import InputError
 from cmbflow.evaluate import match_detections
 from cmbflow.image import write_json
 from cmbflow.model import MODEL_CARD, CandidateNet, ModelSpec, load_model, packaged_model_dir, save_model, sha256
-from cmbflow.patches import candidate_features, views
+from cmbflow.patches import candidate_features, mirror_vetoed, views
 from cmbflow.ratings import rate_subject, ratings_files
 from cmbflow.training import (
     ScanOutputs,
@@ -98,6 +98,7 @@ class RatedScan:
     features: npt.NDArray[np.float32]
     target: npt.NDArray[np.int8]
     scored: npt.NDArray[np.bool_]  # not an unsure call (nor a duplicate of one)
+    mirror_contrast: npt.NDArray[np.float64]  # for a model's mirror veto (cmbflow.patches.mirror_vetoed)
     bleeds_xyz: npt.NDArray[np.float64]
     bleeds_radius_mm: npt.NDArray[np.float64]
     voxel_size: npt.NDArray[np.float64]
@@ -171,7 +172,8 @@ def load_rated_scans(output_dir: str | Path, ratings_dir: str | Path, context_mm
         counts = {verdict: int(sum(r == verdict for r in rated.ratings)) for verdict in ("accept", "reject", "unsure")}
         counts |= {"missed": len(rated.missed), "microbleeds": int((target == 1).sum())}
         scans.append(RatedScan(prefix, scan.hpphase is not None, xyz, patches, candidate_features(candidates, with_phase=True),
-                               target, scored, bleeds_xyz, bleeds_radius, voxel, counts))
+                               target, scored, candidates["mirror_contrast"].to_numpy(float), bleeds_xyz,
+                               bleeds_radius, voxel, counts))
     return scans
 
 
@@ -313,10 +315,11 @@ def _spend(scans: Sequence[ScanScores], threshold: float, floor: float, spare: i
     return float(below[min(spare, len(below)) - 1])
 
 
-def _scores(scan: RatedScan, probability: npt.NDArray[np.float64]) -> ScanScores:
-    """A scan's candidates as the workflow calls them (duplicates superseded), against its rated bleeds."""
+def _scores(scan: RatedScan, probability: npt.NDArray[np.float64], mirror_veto: float | None) -> ScanScores:
+    """A scan's candidates as the workflow calls them (duplicates superseded, none the mirror veto
+    rules out), against its rated bleeds."""
     xyz, p = scan.xyz[scan.scored], probability[scan.scored]
-    standing = ~superseded(xyz, p)
+    standing = ~superseded(xyz, p) & ~mirror_vetoed(scan.mirror_contrast[scan.scored], mirror_veto)
     return ScanScores(xyz[standing], p[standing], scan.bleeds_xyz, scan.bleeds_radius_mm, scan.voxel_size)
 
 
@@ -345,6 +348,7 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
     model card's); the model tuned on every scan, and its card entry."""
     base_threshold, base_temperature = float(base_entry["threshold"]), float(base_entry.get("temperature", 1.0))
     base_shift = float(base_entry.get("logit_shift", 0.0))
+    veto = base_entry.get("mirror_veto")
     base_probability = {s.label: _sigmoid(_logits(base, s) / base_temperature + base_shift) for s in scans}
     folds = [scans[k::min(params.folds, len(scans))] for k in range(min(params.folds, len(scans)))]
     logits = {}  # each scan's, from the model tuned without it
@@ -356,8 +360,8 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
         log.info("%s model: fold %d/%d tuned on %d scans", variant, k + 1, len(folds), len(training))
     temperature = fit_temperature(np.concatenate([logits[s.label][s.target >= 0] for s in scans]),
                                   np.concatenate([s.target[s.target >= 0] for s in scans]))
-    tuned = {s.label: _scores(s, _sigmoid(logits[s.label] / temperature)) for s in scans}
-    before = {s.label: _scores(s, base_probability[s.label]) for s in scans}
+    tuned = {s.label: _scores(s, _sigmoid(logits[s.label] / temperature), veto) for s in scans}
+    before = {s.label: _scores(s, base_probability[s.label], veto) for s in scans}
     design = params.design_fp_per_scan[0 if variant == "phase" else 1]
 
     def threshold_for(labels: list[str]) -> tuple[float, dict]:
@@ -379,6 +383,7 @@ def tune_variant(base: CandidateNet, base_entry: dict, scans: list[RatedScan], r
         figures["fp_per_scan"] = round(figures["false_positives"] / figures["scans"], 4)
     final = tune_model(base, site_examples(scans, base.spec), _hard(scans, base_probability, params), replay, params)
     entry = {"in_channels": base.spec.in_channels, "threshold": threshold, "temperature": temperature,
+             **({"mirror_veto": veto} if veto is not None else {}),
              "threshold_chosen_for": "the lowest threshold with at most "
              f"{max(design, params.fp_fraction * base_figures['fp_per_scan']):.2f} false calls per scan (a third of "
              f"the base model's {base_figures['fp_per_scan']:.2f} on the rated scans, or {design} if more), unless "

@@ -172,6 +172,7 @@ class Classifier:
     weights_sha256: str | None = None  # of its weights file (in every sidecar); None for a model in memory
     temperature: float = 1.0  # logits are divided by it (fitted on validation, or a site's: cmbflow.finetune)
     logit_shift: float = 0.0  # then shifted by it (fitted on validation with the temperature)
+    mirror_veto: float | None = None  # no call with a mirror partner this dark (cmbflow.patches.mirror_vetoed)
 
     def predict(self, patches: npt.NDArray[np.float32], features: npt.NDArray[np.float32] | None = None,
                 device: torch.device | str = "cpu", batch_size: int = 64) -> npt.NDArray[np.float64]:
@@ -207,7 +208,8 @@ class Classifier:
 def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: float | None = None) -> Classifier:
     """The model for a subject (phase model when it has phase) and its threshold.
 
-    ``threshold`` None takes the one in the model card (chosen on the validation cohort).
+    ``threshold`` None takes the one in the model card (chosen on the validation cohort); the
+    card's ``mirror_veto``, when it has one, comes with it.
     """
     folder = Path(model_dir) if model_dir else packaged_model_dir()
     variant = "phase" if has_phase else "magnitude"
@@ -223,8 +225,9 @@ def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: fl
         raise InputError(f"the {variant} model reads {model.spec.n_features} stage-1 measurements, this cmbflow gives "
                          f"{n_features(has_phase)}: it was trained for another version", path=weights,
                          fix="use the shipped model, or fine-tune again from it (cmbflow finetune)")
+    veto = entry.get("mirror_veto")
     return Classifier(model, float(chosen), variant, sha256(weights), float(entry.get("temperature", 1.0)),
-                      float(entry.get("logit_shift", 0.0)))
+                      float(entry.get("logit_shift", 0.0)), None if veto is None else float(veto))
 
 
 def sha256(path: str | Path) -> str:

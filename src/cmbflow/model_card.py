@@ -21,7 +21,7 @@ from cmbflow import __version__
 from cmbflow.evaluate import plot_froc
 from cmbflow.image import atomic_path, write_json
 from cmbflow.model import MODEL_CARD, VARIANTS, sha256
-from cmbflow.patches import PATCH_MM, PATCH_SIZE
+from cmbflow.patches import MIRROR_RADIUS_MM, PATCH_MM, PATCH_SIZE
 from cmbflow.training import validate_models
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -49,8 +49,9 @@ LIMITATIONS = [
     "Long echo times with atrophy (TE 40-50 ms, the simulator's `shifted` preset): stage 1 finds 0.85 of the "
     "bleeds, but the classifier calls few of those; on such scans the counts are far too low.",
     "Iron-rich nuclei (globus pallidus, red nucleus, substantia nigra) and veins remain the commonest false "
-    "calls. The mirror-partner input needs the subject's registration to MNI; a scan that registers badly "
-    "loses it. Check deep and brainstem calls against the same place in the other hemisphere.",
+    "calls. The mirror-partner input, and the magnitude-only model's mirror veto, need the subject's "
+    "registration to MNI; a scan that registers badly loses them. Check deep and brainstem calls against the "
+    "same place in the other hemisphere. The veto would also drop one of two bleeds at exactly mirrored places.",
 ]
 
 #: Figures measured for one set of weights on simulated cohorts that chose nothing, through the whole
@@ -194,6 +195,10 @@ def _markdown(card: dict) -> str:
                 + " | ".join(f"{froc[k]:.3f}" for k in FROC_POINTS) + " |"
             )
     lines += ["", "Thresholds: " + "; ".join(f"{n}: {m['threshold_chosen_for']}" for n, m in models.items()), ""]
+    vetoes = [f"Mirror veto ({n} model): no call where a candidate at least {m['mirror_veto']:g} times as dark lies "
+              f"within {MIRROR_RADIUS_MM:g} mm of the mirror image across the MNI midline, as at bilateral iron "
+              "nuclei; the figures above are with it." for n, m in models.items() if "mirror_veto" in m]
+    lines += [*vetoes, ""] if vetoes else []
     lines += _calibration_markdown(models)
     if "held_out_test" in card:
         lines += _held_out_markdown(card["held_out_test"], models)
@@ -279,7 +284,8 @@ def validate_and_write_card(
     out_json: str | Path, out_md: str | Path, out_png: str | Path,
 ) -> None:
     """Score the validation cohort with each model, choose thresholds, and write the model card."""
-    models = validate_models(weights, stage1_dir, truth_dir, training["max_fp_per_scan"], paramagnetic_sign, device)
+    models = validate_models(weights, stage1_dir, truth_dir, training["max_fp_per_scan"], paramagnetic_sign, device,
+                             training["mirror_veto"])
     checksums = {name: sha256(path) for name, path in weights.items()}
     card = build_card(models, json.loads(Path(history_json).read_text()), training, checksums)
     write_model_card(card, out_json, out_md, out_png)

@@ -228,14 +228,15 @@ def detect_microbleeds(
 ) -> None:
     """Both stages on images read once: the candidates (stage 1), then the CNN's microbleed
     probability for every one of them and ``is_cmb`` above threshold (of candidates within
-    :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable); then where each lies, as the
+    :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable; none the model's mirror veto
+    rules out, :func:`cmbflow.patches.mirror_vetoed`); then where each lies, as the
     final tables are written (:func:`cmbflow.detections.locate_detections`).
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
     from cmbflow.frst import resolve_device
     from cmbflow.model import load_classifier
-    from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast
+    from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, mirror_vetoed
 
     img = load_image(image, subject=label)
     brain = _mask(mask, label)
@@ -252,9 +253,11 @@ def detect_microbleeds(
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"], table["probability_sd"] = classifier.predict_with_spread(patches, features, torch_device)
     table["superseded"] = superseded(centres, table["probability"])
-    table["is_cmb"] = (table["probability"] >= classifier.threshold) & ~table["superseded"]
-    log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, %s)",
-             label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold, torch_device)
+    table["mirror_vetoed"] = mirror_vetoed(table["mirror_contrast"], classifier.mirror_veto)
+    table["is_cmb"] = (table["probability"] >= classifier.threshold) & ~table["superseded"] & ~table["mirror_vetoed"]
+    log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, mirror veto %s, %s)",
+             label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold,
+             classifier.mirror_veto, torch_device)
     about = dict(zip(CLASSIFIER_FIELDS, (f"CandidateNet ({classifier.variant} model)", classifier.threshold,
                                          torch_device.type, classifier.weights_sha256)))
     sources = sidecar([], [image, mask] + ([hpphase] if hpphase else []) + [xfm])

@@ -43,7 +43,7 @@ from cmbflow.model import (
     load_model,
     save_model,
 )
-from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, n_features, views
+from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, mirror_vetoed, n_features, views
 from cmbflow.transforms import Transforms, points_to_mni
 
 log = logging.getLogger(__name__)
@@ -334,12 +334,13 @@ def train_models(
 
 def score_scans(
     stage1_dir: str | Path, truth_dir: str | Path, models: dict[str, CandidateNet], paramagnetic_sign: int,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", mirror_veto: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, list[ScanScores]]]:
     """Every validation scan scored by each model, as ``{model: {group: scans}}``.
 
     Groups: ``phase`` (scans with phase) and ``magnitude_only``. The phase model scores only
-    scans with phase; the magnitude model scores every scan from its magnitude alone.
+    scans with phase; the magnitude model scores every scan from its magnitude alone. A model
+    named in ``mirror_veto`` calls none of the candidates that veto rules out.
     """
     stage1_dir, truth_dir = Path(stage1_dir), Path(truth_dir)
     scored: dict[str, dict[str, list[ScanScores]]] = {name: {"phase": [], "magnitude_only": []} for name in models}
@@ -362,7 +363,8 @@ def score_scans(
             probability = Classifier(model, 0.5, name).predict(
                 by_extent[model.spec.context_mm][:, : model.spec.input_channels], candidate_features(table, with_phase),
                 device)
-            standing = ~superseded(xyz, probability)  # as the workflow calls them
+            vetoed = mirror_vetoed(table["mirror_contrast"], (mirror_veto or {}).get(name))
+            standing = ~superseded(xyz, probability) & ~vetoed  # as the workflow calls them
             scored[name][group].append(ScanScores(xyz[standing], probability[standing], truth_xyz, truth_radius, voxel))
     return scored
 
@@ -383,16 +385,18 @@ def _group_report(scans: list[ScanScores], threshold: float) -> dict:
 
 def validate_models(
     model_paths: dict[str, str | Path], stage1_dir: str | Path, truth_dir: str | Path, max_fp_per_scan: dict[str, float],
-    paramagnetic_sign: int, device: str | torch.device = "cpu",
+    paramagnetic_sign: int, device: str | torch.device = "cpu", mirror_veto: Mapping[str, float] | None = None,
 ) -> dict:
-    """Each model's threshold and figures on the validation cohort (the body of the model card).
+    """Each model's threshold and figures on the validation cohort (the body of the model card),
+    with the ``mirror_veto`` of the models named in it in place.
 
     The phase model's threshold is chosen on the scans with phase; the magnitude model's on every
     scan read as magnitude only (more scans, so a steadier choice), and it is reported for the
     scans that really lack phase as well.
     """
     models = {name: load_model(path) for name, path in model_paths.items()}
-    scored = score_scans(stage1_dir, truth_dir, models, paramagnetic_sign, device)
+    mirror_veto = dict(mirror_veto or {})
+    scored = score_scans(stage1_dir, truth_dir, models, paramagnetic_sign, device, mirror_veto)
     report = {}
     for name, raw in scored.items():
         pooled = raw["phase"] + raw["magnitude_only"]
@@ -414,6 +418,7 @@ def validate_models(
             "ece_above_0.1_before_calibration": calibration(probability, is_bleed)["ece_above_0.1"],
             "threshold": threshold,
             "threshold_chosen_for": f"highest sensitivity at <= {max_fp_per_scan[name]} false positives per scan",
+            **({"mirror_veto": mirror_veto[name]} if name in mirror_veto else {}),
             "validation": {group: _group_report(scans, threshold) for group, scans in
                            {**({"all": pooled} if all(groups.values()) else {}), **groups}.items() if scans},
         }
