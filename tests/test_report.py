@@ -18,7 +18,7 @@ from cmbflow.detections import read_detections
 from cmbflow.image import ijk_to_xyz
 from cmbflow.ratings import rate_subject, ratings_files, ratings_table_path
 from cmbflow.report import figures
-from cmbflow.report.pages import MANY_CALLS, qc_warnings, write_cohort_report, write_subject_report
+from cmbflow.report.pages import MANY_CALLS, qc_warnings, why_not_called, write_cohort_report, write_subject_report
 
 CENTRE = np.array([4.0, -6.0, 10.0])
 RAS = np.diag([1.0, 1.0, 1.0, 1.0]) + np.array([[0, 0, 0, -30.0], [0, 0, 0, -36], [0, 0, 0, -20], [0, 0, 0, 0]])
@@ -188,6 +188,14 @@ def test_subject_page_and_its_qc_row(tmp_path):
     assert "probability 0.6 (sd 0.2)" in html and "diamagnetic yes, vessel\nno" in html
     assert "diamagnetic n/a, vessel\nyes" in html
     assert 'download="sub-01_desc-cmb_ratings.tsv"' in html and "RATINGS_DIR/sub-01/sub-01_desc-cmb_ratings.tsv" in html
+    assert "<th>not_called</th>" in html and "<td>below threshold</td>" in html
+
+
+def test_a_rejected_candidate_says_why_it_is_not_a_call():
+    candidates = pd.DataFrame({"probability": [0.9, 0.8, 0.2, 0.1], "superseded": [True, False, False, False],
+                               "mirror_vetoed": [True, True, True, False]})
+    assert why_not_called(candidates, 0.5) == ["superseded", "mirror veto", "below threshold", "below threshold"]
+    assert why_not_called(candidates[["probability"]], 0.5) == ["below threshold"] * 4  # outputs before the veto
 
 
 def test_ratings_table_path_follows_the_contract():

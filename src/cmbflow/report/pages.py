@@ -87,6 +87,20 @@ def qc_warnings(metrics: dict) -> list[str]:
     return warnings
 
 
+def why_not_called(candidates: pd.DataFrame, threshold: float | None) -> list[str]:
+    """Why each candidate that is not a call is not: ``superseded`` (a more probable one nearby
+    stands for the lesion), ``mirror veto`` (cmbflow.patches.mirror_vetoed) or ``below threshold``."""
+    reasons = []
+    for _, row in candidates.iterrows():
+        if bool(row.get("superseded", False)):
+            reasons.append("superseded")
+        elif bool(row.get("mirror_vetoed", False)) and (threshold is None or row["probability"] >= threshold):
+            reasons.append("mirror veto")
+        else:
+            reasons.append("below threshold")
+    return reasons
+
+
 def _ok(status: object) -> bool:
     """Whether a subject's status (unknown counts as ok: older outputs have none) means it went through."""
     return not _known(status) or str(status).lower() in OK_STATUS
@@ -198,13 +212,14 @@ def write_subject_report(
     table = read_detections(candidates).sort_values("probability", ascending=False, kind="stable")
     review = review_calls(read_detections(calls), table, channels, projected)
     calls = table[table["is_cmb"].astype(bool)]
+    model = json.loads(Path(candidates_json).read_text())
     rejected = table[~table["is_cmb"].astype(bool)].head(N_REJECTED)
+    rejected = rejected.assign(not_called=why_not_called(rejected, model.get("ProbabilityThreshold")))
     figures.save_png(figures.montage_figure(calls.head(MAX_MONTAGE_CALLS), channels, "no microbleeds called"),
                      out_calls_png)
     figures.save_png(figures.montage_figure(rejected, channels, "no rejected candidates"), out_rejected_png)
 
     qc = json.loads(Path(out_metrics).read_text())
-    model = json.loads(Path(candidates_json).read_text())
     source = read_sidecar(sources["magnitude"]) if sources.get("magnitude") else {}
     acquisition = {
         **{f"{name} file": path or "none" for name, path in sources.items()},
@@ -235,7 +250,7 @@ def write_subject_report(
         ratings_path=ratings_table_path(label).as_posix(),
         max_montage=MAX_MONTAGE_CALLS,
         sizes={"zoom": f"{figures.ZOOM_MM:g}", "context": f"{figures.CONTEXT_MM:g}", "minip": f"{figures.MINIP_MM:g}"},
-        rejected=_rows(rejected, DETECTION_COLUMNS),
+        rejected=_rows(rejected, DETECTION_COLUMNS + ["not_called"]),
         figures={"mask": _data_uri(out_mask_png), "registration": _data_uri(out_registration_png),
                  "rejected": _data_uri(out_rejected_png)},
     )
