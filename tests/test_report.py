@@ -77,7 +77,8 @@ def test_figures_are_written_as_png(tmp_path):
 def test_warnings_name_what_to_check_and_skip_unknown_metrics():
     assert qc_warnings({}) == []
     good = {"phase_used": True, "brain_volume_ml": 1200.0, "n_candidates": 900, "n_cmb": 2,
-            "registration_similarity": 0.3, "voxel_size_x_mm": 0.9, "voxel_size_y_mm": 3.0, "voxel_size_z_mm": 1.0}
+            "registration_similarity": 0.3, "voxel_size_x_mm": 0.9, "voxel_size_y_mm": 3.0, "voxel_size_z_mm": 1.0,
+            "echo_time_ms": 40.0, "field_strength_t": 1.5}
     assert qc_warnings(good) == []
     bad = good | {"phase_used": False, "brain_volume_ml": 500.0, "n_cmb": MANY_CALLS,
                   "registration_similarity": 0.05, "status": "failed", "error": "corrupt magnitude"}
@@ -88,6 +89,10 @@ def test_warnings_name_what_to_check_and_skip_unknown_metrics():
     for sizes in ((1.5, 1.5, 2.5), (2.5, 1.5, 1.5), (0.9, 0.9, 5.0)):
         coarse = good | dict(zip(("voxel_size_x_mm", "voxel_size_y_mm", "voxel_size_z_mm"), sizes))
         assert "coarser than the classifier was trained on" in " ".join(qc_warnings(coarse))
+    # Echo times and field strengths beyond the training's.
+    assert "echo time 45 ms outside" in " ".join(qc_warnings(good | {"echo_time_ms": 45.0}))
+    assert "echo time 10 ms outside" in " ".join(qc_warnings(good | {"echo_time_ms": 10.0}))
+    assert "field strength 7 T outside" in " ".join(qc_warnings(good | {"field_strength_t": 7.0}))
 
 
 SUMMARY = pd.DataFrame({

@@ -34,10 +34,12 @@ PATCH_MM = 20.0
 PATCH_SIZE = 16
 _MAGNITUDE_CLIP = 2.0
 
-#: Voxel sizes of the scans the shipped classifier was trained on: in-plane, and slice thickness,
-#: in mm (the QC pages warn beyond them).
+#: Protocols of the scans the shipped classifier was trained on (the QC pages warn beyond them):
+#: voxel sizes in-plane and slice thickness in mm, echo times in ms and field strengths in tesla.
 TRAINED_IN_PLANE_MM = (0.5, 1.0)
 TRAINED_SLICE_MM = (1.5, 3.0)
+TRAINED_ECHO_TIME_MS = (15.0, 40.0)
+TRAINED_FIELD_T = (1.5, 3.0)
 
 
 def patch_offsets_mm(size: int = PATCH_SIZE, extent_mm: float = PATCH_MM) -> npt.NDArray[np.float64]:

@@ -20,7 +20,7 @@ from cmbflow.cohort import summarise_subject
 from cmbflow.detections import read_detections
 from cmbflow.image import atomic_path, load_image, read_sidecar
 from cmbflow.longitudinal import ARIA_H_NOTE, Longitudinal, longitudinal_summary
-from cmbflow.patches import TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
+from cmbflow.patches import TRAINED_ECHO_TIME_MS, TRAINED_FIELD_T, TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 from cmbflow.ratings import ratings_table_path
 from cmbflow.report import figures
 from cmbflow.viewer import write_viewer_files
@@ -70,6 +70,14 @@ def qc_warnings(metrics: dict) -> list[str]:
             warnings.append(f"voxels ({' x '.join(f'{size:g}' for size in sizes)} mm) coarser than the classifier "
                             f"was trained on (in-plane up to {TRAINED_IN_PLANE_MM[1]:g} mm, slices up to "
                             f"{TRAINED_SLICE_MM[1]:g} mm): expect more false calls, above all without phase")
+    echo_time, field = metrics.get("echo_time_ms"), metrics.get("field_strength_t")
+    if _known(echo_time) and not TRAINED_ECHO_TIME_MS[0] <= float(echo_time) <= TRAINED_ECHO_TIME_MS[1]:
+        warnings.append(f"echo time {float(echo_time):g} ms outside what the classifier was trained on "
+                        f"({TRAINED_ECHO_TIME_MS[0]:g}-{TRAINED_ECHO_TIME_MS[1]:g} ms): bleeds bloom and their phase "
+                        "differs; on simulated scans at 40-50 ms it called few of them (docs/performance.md)")
+    if _known(field) and not TRAINED_FIELD_T[0] <= float(field) <= TRAINED_FIELD_T[1]:
+        warnings.append(f"field strength {float(field):g} T outside what the classifier was trained on "
+                        f"({TRAINED_FIELD_T[0]:g}-{TRAINED_FIELD_T[1]:g} T): check the calls")
     volume = metrics.get("brain_volume_ml")
     if _known(volume) and volume < LOW_BRAIN_VOLUME_ML:
         warnings.append(f"low brain volume ({volume:.0f} ml < {LOW_BRAIN_VOLUME_ML:.0f} ml): check the brain mask "
