@@ -77,11 +77,11 @@ def test_figures_are_written_as_png(tmp_path):
 def test_warnings_name_what_to_check_and_skip_unknown_metrics():
     assert qc_warnings({}) == []
     good = {"phase_used": True, "brain_volume_ml": 1200.0, "n_candidates": 900, "n_cmb": 2,
-            "registration_similarity": 0.3, "voxel_size_x_mm": 0.9, "voxel_size_y_mm": 3.0, "voxel_size_z_mm": 1.0,
+            "registration_similarity": 0.1, "registration_alignment": 2.2, "voxel_size_x_mm": 0.9, "voxel_size_y_mm": 3.0, "voxel_size_z_mm": 1.0,
             "echo_time_ms": 40.0, "field_strength_t": 1.5}
     assert qc_warnings(good) == []
     bad = good | {"phase_used": False, "brain_volume_ml": 500.0, "n_cmb": MANY_CALLS,
-                  "registration_similarity": 0.05, "status": "failed", "error": "corrupt magnitude"}
+                  "registration_alignment": 1.5, "status": "failed", "error": "corrupt magnitude"}
     text = " ".join(qc_warnings(bad))
     for expected in ("no phase", "low brain volume", "many microbleeds", "poor registration", "corrupt magnitude"):
         assert expected in text

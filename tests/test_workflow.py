@@ -103,7 +103,7 @@ def test_cohort_tables(run):
     assert list(summary.participant_id) == ["sub-001", "sub-002", "sub-003"]
     assert list(summary.phase_used) == [True, True, False]
     assert summary.brain_volume_ml.between(900, 2000).all()
-    assert summary.registration_similarity.between(0, 1).all()
+    assert summary.registration_similarity.between(0, 1).all() and (summary.registration_alignment >= 2).all()
     assert (summary.field_strength_t > 0).all() and (summary.echo_time_ms > 0).all()
     detections = pd.read_csv(run / "group" / "cohort_detections.csv")
     per_subject = detections.groupby("participant_id").size().reindex(summary.participant_id, fill_value=0)

@@ -152,7 +152,7 @@ def run_show(argv: list[str]) -> int:
     summary = pd.read_csv(path)
     columns = [c for c in ("participant_id", "session_id", "n_cmb", "n_lobar", "n_deep", "n_infratentorial",
                            "boston2_cmb_criterion", "n_candidates", "phase_used", "brain_volume_ml",
-                           "registration_similarity", "status") if c in summary.columns]
+                           "registration_alignment", "status") if c in summary.columns]
     print(f"cohort summary: {path.resolve()}")
     print(f"detections:     {(group / f'cohort_detections{kind}.csv').resolve()}")
     print(summary[columns].to_string(index=False))

@@ -31,7 +31,7 @@ ID_COLUMNS = ["participant_id", "session_id"]
 SUMMARY_COLUMNS = ID_COLUMNS + [
     "n_cmb", *COUNT_COLUMNS, "n_candidates", "phase_used", "echo", "echo_time_ms", "field_strength_t",
     "voxel_size_x_mm", "voxel_size_y_mm", "voxel_size_z_mm", "matrix", "brain_volume_ml",
-    "registration_similarity", "source", "cmbflow_version",
+    "registration_similarity", "registration_alignment", "source", "cmbflow_version",
 ]
 
 #: Columns a ratings_dir adds before ``status`` (cmbflow.ratings): accepted calls + missed bleeds,
@@ -64,6 +64,7 @@ def summarise_subject(
     subject, _, session = label.partition("_")
     te = meta.get("EchoTime")
     calls = read_detections(detections)
+    registration = json.loads(Path(xfm_json).read_text())  # outputs before 2026-12-08 lack RegistrationAlignment
     row = {
         "participant_id": subject,
         "session_id": session or None,
@@ -79,7 +80,8 @@ def summarise_subject(
         "voxel_size_z_mm": round(float(vox[2]), 4),
         "matrix": "x".join(str(s) for s in img.shape[:3]),
         "brain_volume_ml": json.loads(Path(mask_json).read_text())["BrainVolume_ml"],
-        "registration_similarity": json.loads(Path(xfm_json).read_text())["RegistrationSimilarity"],
+        **{column: registration.get(key) for column, key in (("registration_similarity", "RegistrationSimilarity"),
+                                                                ("registration_alignment", "RegistrationAlignment"))},
         "source": str(source),
         "cmbflow_version": __version__,
     }

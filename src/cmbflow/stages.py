@@ -134,7 +134,10 @@ def prepare_anatomy(
         sidecar([], [out_n4, out_mask], Description="ANTs affine transform (subject -> template)",
                 FromSpace="T2starw", ToSpace=MNI_SPACE, Software="antspyx",
                 RegistrationSimilarity=round(registration.similarity, 4),
-                SimilarityMetric="entropy correlation coefficient in the template brain"),
+                SimilarityMetric="entropy correlation coefficient in the template brain",
+                RegistrationAlignment=round(registration.alignment, 3),
+                AlignmentMetric="that similarity over its mean with the subject moved 6 mm along each axis; "
+                                "under 2 the registration likely failed"),
         out_xfm_json,
     )
 

@@ -23,15 +23,14 @@ from cmbflow.longitudinal import ARIA_H_NOTE, Longitudinal, longitudinal_summary
 from cmbflow.patches import TRAINED_ECHO_TIME_MS, TRAINED_FIELD_T, TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 from cmbflow.ratings import ratings_table_path
 from cmbflow.report import figures
+from cmbflow.transforms import MIN_ALIGNMENT
 from cmbflow.viewer import write_viewer_files
 
 #: Warning thresholds. An adult brain is 1000-1600 ml; the simulated and real scans gave 50-2000
-#: candidates; good registrations reached an entropy correlation of 0.22-0.34, failed ones <= 0.06
-#: (benchmarks/RESULTS.md).
+#: candidates (registration: cmbflow.anat.MIN_ALIGNMENT; benchmarks/RESULTS.md).
 LOW_BRAIN_VOLUME_ML = 900.0
 MANY_CANDIDATES = 3000
 MANY_CALLS = 20
-LOW_REGISTRATION_SIMILARITY = 0.15
 #: Rows of the call montage and calls drawn on the page (a page with hundreds of zooms helps nobody:
 #: the others are rated from their table row), and rejected candidates shown.
 MAX_MONTAGE_CALLS = 40
@@ -42,7 +41,7 @@ DETECTION_COLUMNS = ["x", "y", "z", "probability", "radius_mm", "mni_x", "mni_y"
                      "hemisphere"]
 #: QC metrics shown as "n/a" when a subject's metrics lack them (counts by location, status).
 EXPECTED_METRICS = ["n_cmb", "n_candidates", "n_lobar", "n_deep", "n_infratentorial", "strictly_lobar",
-                    "boston2_cmb_criterion", "brain_volume_ml", "registration_similarity"]
+                    "boston2_cmb_criterion", "brain_volume_ml", "registration_similarity", "registration_alignment"]
 #: Values of a ``status`` field that mean the subject went through.
 OK_STATUS = {"ok", "success", "done", "complete"}
 
@@ -88,10 +87,10 @@ def qc_warnings(metrics: dict) -> list[str]:
     n_cmb = metrics.get("n_cmb")
     if _known(n_cmb) and n_cmb >= MANY_CALLS:
         warnings.append(f"many microbleeds called ({n_cmb:.0f}): review the montage for veins and artefacts")
-    similarity = metrics.get("registration_similarity")
-    if _known(similarity) and similarity < LOW_REGISTRATION_SIMILARITY:
-        warnings.append(f"poor registration to MNI (similarity {similarity:.2f} < {LOW_REGISTRATION_SIMILARITY}): "
-                        "MNI positions and regions are unreliable")
+    alignment = metrics.get("registration_alignment")
+    if _known(alignment) and alignment < MIN_ALIGNMENT:
+        warnings.append(f"poor registration to MNI (alignment {alignment:.2f} < {MIN_ALIGNMENT:g}: barely better than "
+                        "6 mm off): MNI positions, regions and mirror partners are unreliable")
     return warnings
 
 
