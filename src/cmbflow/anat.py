@@ -403,9 +403,9 @@ def alignment_ratio(moved: npt.NDArray, fixed: npt.NDArray, mask: npt.NDArray[np
     shifted by ``shift`` voxels either way along each axis.
 
     The absolute similarity falls with the contrast's distance from the template's (good
-    registrations scored 0.065-0.16 at TE 40-50 ms, 0.21-0.36 at shorter ones); this ratio does
-    not, as both terms share the contrast: good ones 2.2-5.8 at any echo time, failed ones
-    1.1-1.6 (benchmarks/RESULTS.md).
+    registrations scored 0.21-0.36 in-domain, down to 0.125 at low SNR and 0.065-0.16 at TE
+    40-50 ms); this ratio does not, as both terms share the contrast: good ones 2.1-5.8, failed
+    ones 1.1-1.6 (benchmarks/RESULTS.md).
     """
     aligned = _entropy_correlation(moved, fixed, mask)
     missed = [_entropy_correlation(np.roll(moved, step, axis=axis), fixed, mask)

@@ -22,7 +22,7 @@ RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 #: Below this alignment ratio (:func:`cmbflow.anat.alignment_ratio`) a template registration is
 #: tried again from the whole head, and the QC pages warn: failed registrations measured 1.1-1.6,
-#: good ones 2.2-5.8 (benchmarks/RESULTS.md).
+#: good ones 2.1-5.8 (benchmarks/RESULTS.md).
 MIN_ALIGNMENT = 2.0
 
 
