@@ -27,7 +27,7 @@ from cmbflow.transforms import MIN_ALIGNMENT
 from cmbflow.viewer import write_viewer_files
 
 #: Warning thresholds. An adult brain is 1000-1600 ml; the simulated and real scans gave 50-2000
-#: candidates (registration: cmbflow.anat.MIN_ALIGNMENT; benchmarks/RESULTS.md).
+#: candidates (registration: cmbflow.transforms.MIN_ALIGNMENT; benchmarks/RESULTS.md).
 LOW_BRAIN_VOLUME_ML = 900.0
 MANY_CANDIDATES = 3000
 MANY_CALLS = 20
