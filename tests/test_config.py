@@ -25,6 +25,7 @@ def test_shipped_config_is_valid(tmp_path):
         ({"device": "tpu"}, "key 'device' = 'tpu'"),
         ({"phase": {"highpass_sigma_mm": "wide"}}, "key 'phase.highpass_sigma_mm' = 'wide'"),
         ({"echo": "middle"}, "key 'echo' = 'middle'"),
+        ({"classifier": {"mirror_veto": "sometimes"}}, "key 'classifier.mirror_veto' = 'sometimes'"),
         ({"participant_label": ["../etc"]}, "alphanumeric"),
         ({"bids_dir": "/no/such/dataset"}, "key 'bids_dir' = '/no/such/dataset': Value error, no such folder"),
         ({"ratings_dir": "/no/ratings"}, "key 'ratings_dir' = '/no/ratings': Value error, no such folder (the raters'"),

@@ -58,6 +58,7 @@ def test_classifier_per_subject_and_output_shapes():
     assert load_classifier(None, has_phase=True, threshold=0.9).threshold == 0.9
     # The magnitude model's calls at iron nuclei come with a mirror veto; the phase model makes none.
     assert (with_phase.mirror_veto, without.mirror_veto) == (None, 0.8)
+    assert load_classifier(None, has_phase=False, mirror_veto=False).mirror_veto is None
 
 
 def test_spread_across_members_is_zero_when_they_agree_and_positive_when_they_disagree():

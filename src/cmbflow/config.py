@@ -151,6 +151,9 @@ class ClassifierConfig(_Strict):
     threshold: float | None = Field(
         None, gt=0, lt=1, description="least probability of a call; null = the model card's threshold, "
         "chosen on the validation cohort")
+    mirror_veto: bool = Field(
+        True, description="apply the model card's mirror veto (no call with a mirror partner that dark, as at "
+        "iron nuclei; the shipped magnitude-only model has one); false: none")
 
 
 class TrainParams(_Strict):

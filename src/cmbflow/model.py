@@ -205,11 +205,12 @@ class Classifier:
         return torch.cat(probability).double().numpy(), torch.cat(spread).double().numpy()
 
 
-def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: float | None = None) -> Classifier:
+def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: float | None = None,
+                    mirror_veto: bool = True) -> Classifier:
     """The model for a subject (phase model when it has phase) and its threshold.
 
     ``threshold`` None takes the one in the model card (chosen on the validation cohort); the
-    card's ``mirror_veto``, when it has one, comes with it.
+    card's ``mirror_veto``, when it has one, comes with it unless ``mirror_veto`` is False.
     """
     folder = Path(model_dir) if model_dir else packaged_model_dir()
     variant = "phase" if has_phase else "magnitude"
@@ -225,7 +226,7 @@ def load_classifier(model_dir: str | Path | None, has_phase: bool, threshold: fl
         raise InputError(f"the {variant} model reads {model.spec.n_features} stage-1 measurements, this cmbflow gives "
                          f"{n_features(has_phase)}: it was trained for another version", path=weights,
                          fix="use the shipped model, or fine-tune again from it (cmbflow finetune)")
-    veto = entry.get("mirror_veto")
+    veto = entry.get("mirror_veto") if mirror_veto else None
     return Classifier(model, float(chosen), variant, sha256(weights), float(entry.get("temperature", 1.0)),
                       float(entry.get("logit_shift", 0.0)), None if veto is None else float(veto))
 

@@ -245,7 +245,7 @@ def detect_microbleeds(
     brain = _mask(mask, label)
     hp = load_image(hpphase, subject=label).get_fdata(dtype=np.float32) if hpphase else None
     classifier = load_classifier(classifier_params.model_dir, has_phase=hp is not None,
-                                 threshold=classifier_params.threshold)
+                                 threshold=classifier_params.threshold, mirror_veto=classifier_params.mirror_veto)
     torch_device = resolve_device(device)
     table = _find_candidates(img, brain, hp, candidate_params, paramagnetic_sign, torch_device, label)
     centres = table[["x", "y", "z"]].to_numpy(float)
