@@ -211,7 +211,8 @@ def test_group_of_an_empty_output_is_a_one_line_error(cohort, tmp_path):
 def test_each_run_records_its_resolved_config(run, cohort):
     records = [yaml.safe_load(p.read_text()) for p in (run / "logs").glob("run-*_config.yaml")]
     assert records and records[0]["config"]["bids_dir"] == str(cohort)
-    assert records[0]["cmbflow_version"] and records[0]["config"]["classifier"] == {"model_dir": None, "threshold": None}
+    assert records[0]["cmbflow_version"]
+    assert records[0]["config"]["classifier"] == {"model_dir": None, "threshold": None, "mirror_veto": True}
 
 
 @pytest.mark.dryrun
