@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cmbflow.detections import SAME_LESION_MM, keep_first_within, superseded
+from cmbflow.detections import SAME_LESION_MM, keep_first_within, mirror_vetoed, superseded
 
 
 def test_keep_first_within_is_one_pass_in_row_order() -> None:
@@ -31,3 +31,9 @@ def test_standing_above_a_threshold_is_suppression_of_the_candidates_above_it() 
     for threshold in (0.2, 0.5, 0.9):
         above = probability >= threshold
         assert np.array_equal(superseded(xyz[above], probability[above]), gone[above])
+
+
+def test_the_mirror_veto_rules_out_a_partner_at_least_that_dark_and_nothing_without_one():
+    ratio = [0.0, 0.79, 0.8, 2.0]
+    assert mirror_vetoed(ratio, 0.8).tolist() == [False, False, True, True]
+    assert not mirror_vetoed(ratio, None).any()

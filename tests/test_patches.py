@@ -6,15 +6,7 @@ import numpy as np
 import pytest
 
 from cmbflow.image import ijk_to_xyz
-from cmbflow.patches import (
-    PATCH_MM,
-    PATCH_SIZE,
-    candidate_patches,
-    mirror_contrast,
-    mirror_vetoed,
-    patch_offsets_mm,
-    sample_patches,
-)
+from cmbflow.patches import PATCH_MM, PATCH_SIZE, candidate_patches, mirror_contrast, patch_offsets_mm, sample_patches
 
 CENTRE = np.array([4.0, -6.0, 10.0])
 
@@ -98,9 +90,3 @@ def test_a_mirrored_twin_gives_its_relative_contrast_and_a_lone_spot_none():
     # x=30 has no twin (x=-20 is 10 mm off), nor has the one on the midline (itself does not count).
     assert ratio == pytest.approx([0.5, 2.0, 0.0, 0.0, 0.0])
     assert mirror_contrast(np.zeros((0, 3)), []).shape == (0,)
-
-
-def test_the_mirror_veto_rules_out_a_partner_at_least_that_dark_and_nothing_without_one():
-    ratio = [0.0, 0.79, 0.8, 2.0]
-    assert mirror_vetoed(ratio, 0.8).tolist() == [False, False, True, True]
-    assert not mirror_vetoed(ratio, None).any()

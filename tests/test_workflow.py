@@ -20,9 +20,8 @@ from matplotlib import image as mpimg
 
 from cmbflow.config import CandidateParams, PhaseConfig
 from cmbflow.derivatives import STAGE1_TABLE
-from cmbflow.detections import superseded
+from cmbflow.detections import mirror_vetoed, superseded
 from cmbflow.model import load_classifier, packaged_model_dir, sha256
-from cmbflow.patches import mirror_vetoed
 from cmbflow.simulate import simulate_cohort
 from cmbflow.stages import run_stage1
 from browser import browse, chromium  # noqa: F401 - chromium is a fixture

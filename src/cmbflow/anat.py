@@ -31,7 +31,7 @@ from skimage.filters import threshold_multiotsu
 from cmbflow.derivatives import MNI_SPACE
 from cmbflow.errors import InputError
 from cmbflow.image import voxel_sizes
-from cmbflow.transforms import MIN_ALIGNMENT, RAS_TO_LPS, Transforms, transform_paths
+from cmbflow.transforms import ALIGNMENT_SHIFT_MM, MIN_ALIGNMENT, RAS_TO_LPS, Transforms, transform_paths
 
 #: Fixed seed for ANTs' random metric sampling: reruns must give identical transforms.
 _ANTS_SEED = 20240601
@@ -392,10 +392,6 @@ def _entropy_correlation(a: npt.NDArray, b: npt.NDArray, mask: npt.NDArray[np.bo
 
     h_a, h_b, h_ab = entropy(p.sum(1)), entropy(p.sum(0)), entropy(p)
     return 2.0 * (1.0 - h_ab / (h_a + h_b)) if h_a + h_b > 0 else 0.0
-
-
-#: The near miss :func:`alignment_ratio` compares a registration with.
-ALIGNMENT_SHIFT_MM = 6.0
 
 
 def alignment_ratio(moved: npt.NDArray, fixed: npt.NDArray, mask: npt.NDArray[np.bool_], shift: int) -> float:

@@ -64,7 +64,7 @@ def summarise_subject(
     subject, _, session = label.partition("_")
     te = meta.get("EchoTime")
     calls = read_detections(detections)
-    registration = json.loads(Path(xfm_json).read_text())  # outputs before 2026-12-08 lack RegistrationAlignment
+    registration = json.loads(Path(xfm_json).read_text())
     row = {
         "participant_id": subject,
         "session_id": session or None,
@@ -80,8 +80,8 @@ def summarise_subject(
         "voxel_size_z_mm": round(float(vox[2]), 4),
         "matrix": "x".join(str(s) for s in img.shape[:3]),
         "brain_volume_ml": json.loads(Path(mask_json).read_text())["BrainVolume_ml"],
-        **{column: registration.get(key) for column, key in (("registration_similarity", "RegistrationSimilarity"),
-                                                                ("registration_alignment", "RegistrationAlignment"))},
+        "registration_similarity": registration["RegistrationSimilarity"],
+        "registration_alignment": registration.get("RegistrationAlignment"),  # outputs before 2026-12-08 lack it
         "source": str(source),
         "cmbflow_version": __version__,
     }

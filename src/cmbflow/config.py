@@ -186,7 +186,7 @@ class TrainingConfig(_Strict):
     mirror_veto: dict[Literal["phase", "magnitude"], Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: {"magnitude": 0.8},
         description="a model named here calls no candidate whose mirror partner is at least this dark relative "
-        "to it (cmbflow.patches.mirror_vetoed): the magnitude-only model's calls at iron nuclei; the phase model "
+        "to it (cmbflow.detections.mirror_vetoed): the magnitude-only model's calls at iron nuclei; the phase model "
         "makes none (benchmarks/RESULTS.md)")
     members: dict[Literal["phase", "magnitude"], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {"phase": 2, "magnitude": 3},

@@ -39,12 +39,12 @@ from torch.nn import functional as F
 from cmbflow import __version__
 from cmbflow.config import CandidateParams, PhaseConfig
 from cmbflow.derivatives import BRAIN_MASK, HPPHASE, MNI_XFM, N4_MAGNITUDE, SWI
-from cmbflow.detections import SAME_LESION_MM, superseded
+from cmbflow.detections import SAME_LESION_MM, standing
 from cmbflow.errors import InputError
 from cmbflow.evaluate import match_detections
 from cmbflow.image import write_json
 from cmbflow.model import MODEL_CARD, CandidateNet, ModelSpec, load_model, packaged_model_dir, save_model, sha256
-from cmbflow.patches import candidate_features, mirror_vetoed, views
+from cmbflow.patches import candidate_features, views
 from cmbflow.ratings import rate_subject, ratings_files
 from cmbflow.training import (
     ScanOutputs,
@@ -98,7 +98,7 @@ class RatedScan:
     features: npt.NDArray[np.float32]
     target: npt.NDArray[np.int8]
     scored: npt.NDArray[np.bool_]  # not an unsure call (nor a duplicate of one)
-    mirror_contrast: npt.NDArray[np.float64]  # for a model's mirror veto (cmbflow.patches.mirror_vetoed)
+    mirror_contrast: npt.NDArray[np.float64]  # for a model's mirror veto (cmbflow.detections.mirror_vetoed)
     bleeds_xyz: npt.NDArray[np.float64]
     bleeds_radius_mm: npt.NDArray[np.float64]
     voxel_size: npt.NDArray[np.float64]
@@ -319,8 +319,8 @@ def _scores(scan: RatedScan, probability: npt.NDArray[np.float64], mirror_veto: 
     """A scan's candidates as the workflow calls them (duplicates superseded, none the mirror veto
     rules out), against its rated bleeds."""
     xyz, p = scan.xyz[scan.scored], probability[scan.scored]
-    standing = ~superseded(xyz, p) & ~mirror_vetoed(scan.mirror_contrast[scan.scored], mirror_veto)
-    return ScanScores(xyz[standing], p[standing], scan.bleeds_xyz, scan.bleeds_radius_mm, scan.voxel_size)
+    can_call = standing(xyz, p, scan.mirror_contrast[scan.scored], mirror_veto)
+    return ScanScores(xyz[can_call], p[can_call], scan.bleeds_xyz, scan.bleeds_radius_mm, scan.voxel_size)
 
 
 def _figures(scans: list[ScanScores], threshold: float) -> dict[str, float]:

@@ -56,8 +56,8 @@ LIMITATIONS = [
 
 #: Figures measured for one set of weights on simulated cohorts that chose nothing, through the whole
 #: workflow (``cmbflow evaluate``; benchmarks/RESULTS.md, 2026-12-07, with the calibration fitted that
-#: day and the magnitude model's mirror veto). A card gets them only when its weights are these exact files, so a retrained card never
-#: carries another model's figures.
+#: day and the magnitude model's mirror veto). A card gets them only when its weights are these exact
+#: files, so a retrained card never carries another model's figures.
 HELD_OUT_TEST = {
     "weights_sha256": {
         "phase": "aa725c26aa6a6137135435a0d0ed182008568f9a7dd76f90388120af818f0ba5",

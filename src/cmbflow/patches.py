@@ -177,17 +177,6 @@ def mirror_contrast(mni_xyz: npt.ArrayLike, contrast: npt.ArrayLike) -> npt.NDAr
 
 
 
-def mirror_vetoed(mirror_contrast: npt.ArrayLike, veto: float | None) -> npt.NDArray[np.bool_]:
-    """Candidates a model does not call because the mirror partner is at least ``veto`` times as dark
-    (:func:`mirror_contrast`), as at a bilateral iron nucleus; none when ``veto`` is None.
-
-    A veto, not only an input: the magnitude-only model still called half of its validation false
-    positives at nuclei with a partner this dark, and no bleed had one (benchmarks/RESULTS.md).
-    """
-    ratio = np.asarray(mirror_contrast, dtype=float)
-    return np.zeros(ratio.shape, dtype=bool) if veto is None else ratio >= veto
-
-
 #: Stage-1 measurements the classifier sees, each mapped to a range near [-3, 3].
 _FEATURE_TRANSFORMS = {
     "radius_mm": lambda v: np.log(np.clip(v, 1e-6, None)),

@@ -39,6 +39,7 @@ from cmbflow.derivatives import (
 from cmbflow.detections import (
     CLASSIFIER_FIELDS,
     locate_detections,
+    mirror_vetoed,
     superseded,
     write_detections,
 )
@@ -52,7 +53,7 @@ from cmbflow.image import (
     voxel_sizes,
     write_json,
 )
-from cmbflow.transforms import Transforms, points_to_mni
+from cmbflow.transforms import ALIGNMENT_SHIFT_MM, MIN_ALIGNMENT, Transforms, points_to_mni
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -136,8 +137,8 @@ def prepare_anatomy(
                 RegistrationSimilarity=round(registration.similarity, 4),
                 SimilarityMetric="entropy correlation coefficient in the template brain",
                 RegistrationAlignment=round(registration.alignment, 3),
-                AlignmentMetric="that similarity over its mean with the subject moved 6 mm along each axis; "
-                                "under 2 the registration likely failed"),
+                AlignmentMetric=f"that similarity over its mean with the subject moved {ALIGNMENT_SHIFT_MM:g} mm along "
+                                f"each axis; under {MIN_ALIGNMENT:g} the registration likely failed"),
         out_xfm_json,
     )
 
@@ -232,14 +233,14 @@ def detect_microbleeds(
     """Both stages on images read once: the candidates (stage 1), then the CNN's microbleed
     probability for every one of them and ``is_cmb`` above threshold (of candidates within
     :data:`cmbflow.detections.SAME_LESION_MM`, only the most probable; none the model's mirror veto
-    rules out, :func:`cmbflow.patches.mirror_vetoed`); then where each lies, as the
+    rules out, :func:`cmbflow.detections.mirror_vetoed`); then where each lies, as the
     final tables are written (:func:`cmbflow.detections.locate_detections`).
 
     The phase model is used when the subject has phase, the magnitude-only model otherwise.
     """
     from cmbflow.frst import resolve_device
     from cmbflow.model import load_classifier
-    from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, mirror_vetoed
+    from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast
 
     img = load_image(image, subject=label)
     brain = _mask(mask, label)

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from cmbflow.config import TrainParams
 from cmbflow.derivatives import BRAIN_MASK, HPPHASE, MNI_XFM, N4_MAGNITUDE, STAGE1_TABLE
-from cmbflow.detections import superseded
+from cmbflow.detections import standing
 from cmbflow.evaluate import (
     FROC_FP_RATES,
     calibration,
@@ -43,7 +43,7 @@ from cmbflow.model import (
     load_model,
     save_model,
 )
-from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, mirror_vetoed, n_features, views
+from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, n_features, views
 from cmbflow.transforms import Transforms, points_to_mni
 
 log = logging.getLogger(__name__)
@@ -363,9 +363,8 @@ def score_scans(
             probability = Classifier(model, 0.5, name).predict(
                 by_extent[model.spec.context_mm][:, : model.spec.input_channels], candidate_features(table, with_phase),
                 device)
-            vetoed = mirror_vetoed(table["mirror_contrast"], (mirror_veto or {}).get(name))
-            standing = ~superseded(xyz, probability) & ~vetoed  # as the workflow calls them
-            scored[name][group].append(ScanScores(xyz[standing], probability[standing], truth_xyz, truth_radius, voxel))
+            can_call = standing(xyz, probability, table["mirror_contrast"], (mirror_veto or {}).get(name))  # as called
+            scored[name][group].append(ScanScores(xyz[can_call], probability[can_call], truth_xyz, truth_radius, voxel))
     return scored
 
 

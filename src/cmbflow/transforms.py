@@ -20,9 +20,10 @@ from cmbflow.errors import InputError
 #: RAS+ <-> LPS sign flip of world coordinates (its own inverse).
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
-#: Below this alignment ratio (:func:`cmbflow.anat.alignment_ratio`) a template registration is
-#: tried again from the whole head, and the QC pages warn: failed registrations measured 1.1-1.6,
-#: good ones 2.1-5.8 (benchmarks/RESULTS.md).
+#: Registration QC (:func:`cmbflow.anat.alignment_ratio`): the near miss a fit is compared with,
+#: and the ratio below which a template registration is tried again from the whole head and the QC
+#: pages warn (failed registrations measured 1.1-1.6, good ones 2.1-5.8; benchmarks/RESULTS.md).
+ALIGNMENT_SHIFT_MM = 6.0
 MIN_ALIGNMENT = 2.0
 
 

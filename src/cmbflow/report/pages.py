@@ -23,7 +23,7 @@ from cmbflow.longitudinal import ARIA_H_NOTE, Longitudinal, longitudinal_summary
 from cmbflow.patches import TRAINED_ECHO_TIME_MS, TRAINED_FIELD_T, TRAINED_IN_PLANE_MM, TRAINED_SLICE_MM
 from cmbflow.ratings import ratings_table_path
 from cmbflow.report import figures
-from cmbflow.transforms import MIN_ALIGNMENT
+from cmbflow.transforms import ALIGNMENT_SHIFT_MM, MIN_ALIGNMENT
 from cmbflow.viewer import write_viewer_files
 
 #: Warning thresholds. An adult brain is 1000-1600 ml; the simulated and real scans gave 50-2000
@@ -90,13 +90,13 @@ def qc_warnings(metrics: dict) -> list[str]:
     alignment = metrics.get("registration_alignment")
     if _known(alignment) and alignment < MIN_ALIGNMENT:
         warnings.append(f"poor registration to MNI (alignment {alignment:.2f} < {MIN_ALIGNMENT:g}: barely better than "
-                        "6 mm off): MNI positions, regions and mirror partners are unreliable")
+                        f"{ALIGNMENT_SHIFT_MM:g} mm off): MNI positions, regions and mirror partners are unreliable")
     return warnings
 
 
 def why_not_called(candidates: pd.DataFrame, threshold: float | None) -> list[str]:
     """Why each candidate that is not a call is not: ``superseded`` (a more probable one nearby
-    stands for the lesion), ``mirror veto`` (cmbflow.patches.mirror_vetoed) or ``below threshold``."""
+    stands for the lesion), ``mirror veto`` (cmbflow.detections.mirror_vetoed) or ``below threshold``."""
     reasons = []
     for _, row in candidates.iterrows():
         if bool(row.get("superseded", False)):
