@@ -7,7 +7,7 @@ participant --until candidates --notemp`` is enough): its bias-corrected magnitu
 and, if the subject has phase, high-pass phase. The stage-1 table is an intermediate file, in the
 same subject's folder under the work folder (``--stage1-dir``, default OUT/work/sub-X/anat). Times, per device: the FRST alone,
 the whole of stage 1 (``find_candidates``), classification of the subject's candidates by the
-shipped model, and one training epoch on those patches (arbitrary labels: this times the
+shipped model, the mirror measures of stage 2 (CPU only), and one training epoch on those patches (arbitrary labels: this times the
 optimiser, not the model). Patch extraction runs on the CPU whatever the device. Each figure is the
 median of ``--repeats`` runs after one untimed warm-up; on CUDA the peak GPU memory is given too.
 Prints a Markdown table.
@@ -29,11 +29,13 @@ import torch
 
 from cmbflow.candidates import find_candidates
 from cmbflow.config import CandidateParams, TrainParams
+from cmbflow.derivatives import MNI_XFM
 from cmbflow.frst import frst3d
 from cmbflow.image import voxel_sizes
 from cmbflow.model import load_classifier
-from cmbflow.patches import candidate_features, candidate_patches
+from cmbflow.patches import add_mirror_measures, candidate_features, candidate_patches
 from cmbflow.training import train_classifier
+from cmbflow.transforms import Transforms, points_to_mni
 
 
 def median_seconds(run: Callable[[], object], repeats: int, device: str) -> tuple[float, float | None]:
@@ -84,7 +86,9 @@ def main() -> None:
     classifier = load_classifier(None, has_phase=hp_phase is not None)
     patches = candidate_patches(magnitude, mask, image.affine, table[["x", "y", "z"]].to_numpy(float), hp_phase,
                                 context_mm=classifier.model.spec.context_mm)
-    table["mirror_contrast"] = 0.0  # timing only: its value does not change the cost
+    xfm = Transforms(args.anat_dir.parent / "xfm" / f"{prefix}{MNI_XFM}")
+    table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(table[["x", "y", "z"]].to_numpy(float), xfm)
+    add_mirror_measures(table, magnitude, mask, image.affine, xfm, params)
     features = candidate_features(table, with_phase=hp_phase is not None)
     labels = (np.arange(len(table)) % 5 == 0).astype(np.int8)
     n = len(table)
@@ -100,7 +104,9 @@ def main() -> None:
             ("stage 1 (find_candidates)", lambda: find_candidates(image, mask, hp_phase, params, device), "-"),
             (f"classification ({classifier.variant} model)", lambda: classifier.predict(patches, features, device),
              "candidates"),
-        ]
+        ] + ([("mirror measures (add_mirror_measures)",
+               lambda: add_mirror_measures(table, magnitude, mask, image.affine, xfm, params), "candidates")]
+             if device == "cpu" else [])
         for step, run, unit in steps:
             seconds, peak = median_seconds(run, args.repeats, device)
             rate = f"{n / seconds:,.0f}" if unit == "candidates" else "-"

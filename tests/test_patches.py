@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from cmbflow.config import CandidateParams
 from cmbflow.image import ijk_to_xyz
-from cmbflow.patches import PATCH_MM, PATCH_SIZE, candidate_patches, mirror_contrast, patch_offsets_mm, sample_patches
+from cmbflow.patches import (
+    PATCH_MM,
+    PATCH_SIZE,
+    add_mirror_measures,
+    candidate_patches,
+    mirror_contrast,
+    mirror_darkness,
+    patch_offsets_mm,
+    sample_patches,
+)
+from cmbflow.transforms import Transforms
 
 CENTRE = np.array([4.0, -6.0, 10.0])
 
@@ -90,3 +102,46 @@ def test_a_mirrored_twin_gives_its_relative_contrast_and_a_lone_spot_none():
     # x=30 has no twin (x=-20 is 10 mm off), nor has the one on the midline (itself does not count).
     assert ratio == pytest.approx([0.5, 2.0, 0.0, 0.0, 0.0])
     assert mirror_contrast(np.zeros((0, 3)), []).shape == (0,)
+
+
+def test_the_image_at_the_mirror_gives_its_darkness_relative_to_the_candidate():
+    # 1 mm LAS grid (x flipped, so world comes from the affine), centre voxel at world (0, 0, 0).
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = (20.0, -20.0, -20.0)
+    ratio = np.ones((41, 41, 41), dtype=np.float32)
+    dark = 0.4  # contrast 0.6 at world (10, 0, 0) and (-11, 1, 0): a nucleus pair 1.4 mm off symmetry
+    for x, y in ((10, 0), (-11, 1)):
+        ratio[20 - x, 20 + y, 20] = dark
+    ratio[20 - 0, 20 + 10, 20] = dark  # a lone dark spot on the midline at (0, 10, 0)
+    xyz = np.array([[10.0, 0.0, 0.0], [-11.0, 1.0, 0.0], [0.0, 10.0, 0.0], [15.0, -15.0, 0.0], [10.0, 0.0, 0.0]])
+    mirror = xyz * (-1.0, 1.0, 1.0)  # MNI = world here
+    mirror[4] = (100.0, 0.0, 0.0)  # a mirror image outside the field of view: nothing dark there
+    darkness = mirror_darkness(ratio, affine, xyz, mirror, own_radius_mm=[1.0] * 5, contrast=[0.3, 0.6, 0.6, 0.5, 0.3])
+    # Each twin sees the other (relative to its own contrast); the midline spot does not see
+    # itself; nor does a spot in plain tissue or one whose mirror is outside the image.
+    assert darkness == pytest.approx([2.0, 1.0, 0.0, 0.0, 0.0])
+    assert mirror_darkness(ratio, affine, np.zeros((0, 3)), np.zeros((0, 3)), [], []).shape == (0,)
+
+
+def test_a_nucleus_pair_is_dark_at_the_mirror_and_one_voxel_of_noise_is_not(tmp_path):
+    # A 1 mm head in MNI space (identity registration): a nucleus pair of radius 3 mm at x = +-12,
+    # and a bleed at x = 20 whose mirror image holds one voxel as dark as itself (noise).
+    ants = pytest.importorskip("ants")
+    affine = np.eye(4)
+    affine[:3, 3] = -30.0
+    grid = np.stack(np.meshgrid(*[np.arange(61) - 30.0] * 3, indexing="ij"), axis=-1)
+    magnitude = np.ones((61, 61, 61), dtype=np.float32)
+    for x in (12.0, -12.0):
+        magnitude[np.linalg.norm(grid - (x, 0.0, 0.0), axis=-1) <= 3.0] = 0.5
+    magnitude[30 + 20, 30 + 10, 30] = 0.5  # the bleed
+    magnitude[30 - 20, 30 + 10, 30] = 0.5  # noise at its mirror image
+    brain = np.linalg.norm(grid, axis=-1) <= 28.0
+    identity = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+    ants.write_transform(identity, str(tmp_path / "xfm.mat"))
+    xyz = [[12.0, 0.0, 0.0], [20.0, 10.0, 0.0]]
+    table = pd.DataFrame(xyz, columns=["x", "y", "z"]).assign(contrast=0.5, radius_mm=[3.0, 0.5])
+    table[["mni_x", "mni_y", "mni_z"]] = xyz
+    add_mirror_measures(table, magnitude, brain, affine, Transforms(tmp_path / "xfm.mat"), CandidateParams())
+    nucleus, bleed = table["mirror_darkness"]
+    assert nucleus > 0.9 and bleed < 0.6  # the smoothing keeps the nucleus's twin and not the noise
+    assert table["mirror_contrast"].tolist() == [0.0, 0.0]  # no other candidate in this table

@@ -79,7 +79,7 @@ def test_per_subject_outputs(run):
         calls = flags[flags.is_cmb]  # one call per lesion: no superseded call, none within 4 mm
         assert not calls.superseded.any() and not superseded(calls[["x", "y", "z"]], calls.probability).any()
         veto = load_classifier(None, has_phase=sub != "sub-003").mirror_veto  # the magnitude model's only
-        assert np.array_equal(flags.mirror_vetoed, mirror_vetoed(flags.mirror_contrast, veto))
+        assert np.array_equal(flags.mirror_vetoed, mirror_vetoed(flags.mirror_darkness, veto))
         assert not calls.mirror_vetoed.any()
         assert (anat / f"{sub}_desc-brain_mask.nii.gz").exists()
         assert (run / sub / "xfm" / f"{sub}_from-T2starw_to-MNI152NLin2009aSym_mode-image_xfm.mat").exists()

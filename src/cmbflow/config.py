@@ -152,8 +152,9 @@ class ClassifierConfig(_Strict):
         None, gt=0, lt=1, description="least probability of a call; null = the model card's threshold, "
         "chosen on the validation cohort")
     mirror_veto: bool = Field(
-        True, description="apply the model card's mirror veto (no call with a mirror partner that dark, as at "
-        "iron nuclei; the shipped magnitude-only model has one); false: none")
+        True, description="apply the model card's mirror veto (no call where the image at the mirror image "
+        "across the MNI midline is that dark, as at iron nuclei; the shipped magnitude-only model has one); "
+        "false: none")
 
 
 class TrainParams(_Strict):
@@ -185,9 +186,9 @@ class TrainingConfig(_Strict):
         description="operating point of each model on the validation cohort (false positives per scan)")
     mirror_veto: dict[Literal["phase", "magnitude"], Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: {"magnitude": 0.8},
-        description="a model named here calls no candidate whose mirror partner is at least this dark relative "
-        "to it (cmbflow.detections.mirror_vetoed): the magnitude-only model's calls at iron nuclei; the phase model "
-        "makes none (benchmarks/RESULTS.md)")
+        description="a model named here calls no candidate where the image at its mirror image is at least this "
+        "dark relative to it (cmbflow.detections.mirror_vetoed): the magnitude-only model's calls at iron nuclei; "
+        "for the phase model every level cost validation bleeds (benchmarks/RESULTS.md)")
     members: dict[Literal["phase", "magnitude"], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {"phase": 2, "magnitude": 3},
         description="networks per model (seeds 0, 1, ...), logits averaged; the magnitude-only model "

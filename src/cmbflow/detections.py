@@ -48,13 +48,15 @@ FEATURE_COLUMNS: dict[str, dict[str, str]] = {
     "edge_distance_mm": {"Description": "Distance to the brain mask boundary", "Units": "mm"},
     "mirror_contrast": {"Description": "Contrast of the strongest other candidate within 4 mm of this one's "
                         "mirror image across the MNI midline, relative to this one's (0: none); a classifier input"},
+    "mirror_darkness": {"Description": "Darkest contrast of the image within 4 mm of this one's mirror image "
+                        "across the MNI midline (itself left out), relative to this one's; the mirror veto's "
+                        "measure"},
     "source": {"Description": "Which candidate generator found it", "Levels": {
         "frst": "radial symmetry transform only", "threshold": "threshold + shape only", "both": "both"}},
     "superseded": {"Description": f"A more probable candidate within {SAME_LESION_MM:g} mm stands for the same "
                    "lesion, so this one is never a call"},
-    "mirror_vetoed": {"Description": "Never a call: a candidate at least as dark as the model card's mirror_veto "
-                      "(times this one's contrast) lies at its mirror image across the MNI midline, as at a "
-                      "bilateral iron nucleus (the magnitude-only model's veto)"},
+    "mirror_vetoed": {"Description": "Never a call: mirror_darkness is at least the model card's mirror_veto, "
+                      "as at a bilateral iron nucleus"},
     "is_cmb": {"Description": "Whether the detection is a final microbleed call: probability at or above "
                "the threshold, neither superseded nor mirror_vetoed"},
 }
@@ -151,22 +153,23 @@ def superseded(xyz: npt.ArrayLike, probability: npt.ArrayLike,
     return out
 
 
-def mirror_vetoed(mirror_contrast: npt.ArrayLike, veto: float | None) -> npt.NDArray[np.bool_]:
-    """Candidates a model does not call because the mirror partner is at least ``veto`` times as dark
-    (:func:`cmbflow.patches.mirror_contrast`), as at a bilateral iron nucleus; none when ``veto`` is None.
+def mirror_vetoed(mirror_darkness: npt.ArrayLike, veto: float | None) -> npt.NDArray[np.bool_]:
+    """Candidates a model does not call because the image at their mirror image across the MNI
+    midline is at least ``veto`` times as dark (:func:`cmbflow.patches.mirror_darkness`), as at a
+    bilateral iron nucleus; none when ``veto`` is None.
 
-    A veto, not only an input: the magnitude-only model still called half of its validation false
-    positives at nuclei with a partner this dark, and no bleed had one (benchmarks/RESULTS.md).
+    A veto, not only an input: the magnitude-only model called its validation false positives at
+    nuclei with the mirror partner as an input too (benchmarks/RESULTS.md).
     """
-    ratio = np.asarray(mirror_contrast, dtype=float)
+    ratio = np.asarray(mirror_darkness, dtype=float)
     return np.zeros(ratio.shape, dtype=bool) if veto is None else ratio >= veto
 
 
-def standing(xyz: npt.ArrayLike, probability: npt.ArrayLike, mirror_contrast: npt.ArrayLike,
+def standing(xyz: npt.ArrayLike, probability: npt.ArrayLike, mirror_darkness: npt.ArrayLike,
              veto: float | None) -> npt.NDArray[np.bool_]:
     """The candidates that can be calls, as the workflow calls them: neither :func:`superseded` nor
     :func:`mirror_vetoed`."""
-    return ~superseded(xyz, probability) & ~mirror_vetoed(mirror_contrast, veto)
+    return ~superseded(xyz, probability) & ~mirror_vetoed(mirror_darkness, veto)
 
 
 def locate_detections(

@@ -98,7 +98,7 @@ class RatedScan:
     features: npt.NDArray[np.float32]
     target: npt.NDArray[np.int8]
     scored: npt.NDArray[np.bool_]  # not an unsure call (nor a duplicate of one)
-    mirror_contrast: npt.NDArray[np.float64]  # for a model's mirror veto (cmbflow.detections.mirror_vetoed)
+    mirror_darkness: npt.NDArray[np.float64]  # for a model's mirror veto (cmbflow.detections.mirror_vetoed)
     bleeds_xyz: npt.NDArray[np.float64]
     bleeds_radius_mm: npt.NDArray[np.float64]
     voxel_size: npt.NDArray[np.float64]
@@ -172,7 +172,7 @@ def load_rated_scans(output_dir: str | Path, ratings_dir: str | Path, context_mm
         counts = {verdict: int(sum(r == verdict for r in rated.ratings)) for verdict in ("accept", "reject", "unsure")}
         counts |= {"missed": len(rated.missed), "microbleeds": int((target == 1).sum())}
         scans.append(RatedScan(prefix, scan.hpphase is not None, xyz, patches, candidate_features(candidates, with_phase=True),
-                               target, scored, candidates["mirror_contrast"].to_numpy(float), bleeds_xyz,
+                               target, scored, candidates["mirror_darkness"].to_numpy(float), bleeds_xyz,
                                bleeds_radius, voxel, counts))
     return scans
 
@@ -319,7 +319,7 @@ def _scores(scan: RatedScan, probability: npt.NDArray[np.float64], mirror_veto: 
     """A scan's candidates as the workflow calls them (duplicates superseded, none the mirror veto
     rules out), against its rated bleeds."""
     xyz, p = scan.xyz[scan.scored], probability[scan.scored]
-    can_call = standing(xyz, p, scan.mirror_contrast[scan.scored], mirror_veto)
+    can_call = standing(xyz, p, scan.mirror_darkness[scan.scored], mirror_veto)
     return ScanScores(xyz[can_call], p[can_call], scan.bleeds_xyz, scan.bleeds_radius_mm, scan.voxel_size)
 
 

@@ -199,9 +199,9 @@ def _markdown(card: dict) -> str:
                 + " | ".join(f"{froc[k]:.3f}" for k in FROC_POINTS) + " |"
             )
     lines += ["", "Thresholds: " + "; ".join(f"{n}: {m['threshold_chosen_for']}" for n, m in models.items()), ""]
-    vetoes = [f"Mirror veto ({n} model): no call where a candidate at least {m['mirror_veto']:g} times as dark lies "
-              f"within {MIRROR_RADIUS_MM:g} mm of the mirror image across the MNI midline, as at bilateral iron "
-              "nuclei; the figures above are with it." for n, m in models.items() if "mirror_veto" in m]
+    vetoes = [f"Mirror veto ({n} model): no call where the image within {MIRROR_RADIUS_MM:g} mm of the mirror image "
+              f"across the MNI midline is at least {m['mirror_veto']:g} times as dark, as at bilateral iron nuclei; "
+              "the figures above are with it." for n, m in models.items() if "mirror_veto" in m]
     lines += [*vetoes, ""] if vetoes else []
     lines += _calibration_markdown(models)
     if "held_out_test" in card:

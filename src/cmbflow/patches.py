@@ -22,13 +22,16 @@ the patch alone, and the two together better than either.
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from cmbflow.image import voxel_sizes
+from cmbflow.config import CandidateParams
+from cmbflow.image import ijk_to_xyz, mask_box, voxel_sizes, xyz_to_ijk
+from cmbflow.transforms import Transforms, points_from_mni
 
 PATCH_MM = 20.0
 PATCH_SIZE = 16
@@ -154,6 +157,9 @@ def _antialiased(volume: npt.NDArray[np.floating], affine: npt.NDArray[np.float6
 #: A candidate's mirror partner lies within this distance (MNI mm) of its image across the midline
 #: (registration and asymmetry of paired structures are a few millimetres).
 MIRROR_RADIUS_MM = 4.0
+#: The contrast-ratio image is smoothed by a Gaussian of this sigma (mm) before the mirror is read
+#: (:func:`add_mirror_measures`; chosen on validation, benchmarks/RESULTS.md).
+MIRROR_SMOOTH_MM = 0.5
 
 
 def mirror_contrast(mni_xyz: npt.ArrayLike, contrast: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -175,6 +181,60 @@ def mirror_contrast(mni_xyz: npt.ArrayLike, contrast: npt.ArrayLike) -> npt.NDAr
             ratio[i] = contrast[others].max() / max(contrast[i], 1e-6)
     return ratio
 
+
+def mirror_darkness(ratio: npt.NDArray[np.floating], affine: npt.NDArray[np.float64], xyz: npt.ArrayLike,
+                    mirror_xyz: npt.ArrayLike, own_radius_mm: npt.ArrayLike,
+                    contrast: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """How dark the image itself is at each candidate's mirror image, relative to the candidate.
+
+    ``ratio`` is the contrast-ratio image (:func:`cmbflow.candidates.contrast_ratio`) and
+    ``mirror_xyz`` the mirrored MNI position of each candidate mapped back into the scan (world
+    mm). The darkest ratio within :data:`MIRROR_RADIUS_MM` of it, as a contrast (1 - ratio) over
+    the candidate's own; voxels within the candidate's own radius (plus a voxel) of ``xyz`` are
+    left out, so that one near the midline does not see itself. Unlike :func:`mirror_contrast` it
+    needs no candidate at the mirror: a nucleus is dark there even where stage 1 kept no seed.
+    """
+    ratio = np.asarray(ratio, dtype=np.float32)
+    xyz = np.asarray(xyz, dtype=float).reshape(-1, 3)
+    out = np.zeros(len(xyz))
+    if not len(xyz):
+        return out
+    sizes = voxel_sizes(affine)
+    reach = np.ceil(MIRROR_RADIUS_MM / sizes).astype(int)
+    grid = np.stack(np.meshgrid(*(np.arange(-r, r + 1) for r in reach), indexing="ij"), axis=-1).reshape(-1, 3)
+    ball = grid[np.linalg.norm(grid @ affine[:3, :3].T, axis=1) <= MIRROR_RADIUS_MM]
+    centres = np.rint(xyz_to_ijk(affine, np.asarray(mirror_xyz, dtype=float).reshape(-1, 3))).astype(int)
+    own = np.asarray(own_radius_mm, dtype=float) + sizes.max()
+    shape = np.array(ratio.shape)
+    for n, centre in enumerate(centres):
+        voxels = centre + ball
+        voxels = voxels[np.all((voxels >= 0) & (voxels < shape), axis=1)]
+        voxels = voxels[np.linalg.norm(ijk_to_xyz(affine, voxels) - xyz[n], axis=1) > own[n]]
+        if len(voxels):
+            out[n] = max(0.0, 1.0 - float(ratio[tuple(voxels.T)].min()))
+    return out / np.maximum(np.asarray(contrast, dtype=float), 1e-6)
+
+
+def add_mirror_measures(table: pd.DataFrame, data: npt.NDArray[np.floating], mask: npt.NDArray[np.bool_],
+                        affine: npt.NDArray[np.float64], transforms: Transforms, params: CandidateParams) -> None:
+    """Give a candidates table (with ``mni_x mni_y mni_z``) its ``mirror_contrast`` (a classifier
+    input) and ``mirror_darkness`` (the mirror veto's measure) from the magnitude ``data``."""
+    from cmbflow.candidates import contrast_ratio  # loads torch (FRST): not for the QC pages' protocol ranges
+
+    mni = table[["mni_x", "mni_y", "mni_z"]].to_numpy(float)
+    table["mirror_contrast"] = mirror_contrast(mni, table["contrast"])
+    if not mask.any():
+        table["mirror_darkness"] = 0.0
+        return
+    # The brain's bounding box holds every voxel darker than 1, at a fraction of the cost.
+    box = mask_box(mask)
+    sizes = voxel_sizes(affine)
+    ratio = contrast_ratio(np.asarray(data, dtype=np.float32)[box], mask[box], sizes, params)
+    # Smoothed, so that a nucleus stays dark and the darkest voxel of noise does not.
+    ratio = ndimage.gaussian_filter(ratio, MIRROR_SMOOTH_MM / sizes, mode="nearest")
+    box_affine = affine @ nib.affines.from_matvec(np.eye(3), [s.start for s in box])
+    table["mirror_darkness"] = mirror_darkness(ratio, box_affine, table[["x", "y", "z"]], points_from_mni(
+        mni * (-1.0, 1.0, 1.0), transforms), table["radius_mm"], table["contrast"])
 
 
 #: Stage-1 measurements the classifier sees, each mapped to a range near [-3, 3].

@@ -240,7 +240,7 @@ def detect_microbleeds(
     """
     from cmbflow.frst import resolve_device
     from cmbflow.model import load_classifier
-    from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast
+    from cmbflow.patches import add_mirror_measures, candidate_features, candidate_patches
 
     img = load_image(image, subject=label)
     brain = _mask(mask, label)
@@ -250,14 +250,16 @@ def detect_microbleeds(
     torch_device = resolve_device(device)
     table = _find_candidates(img, brain, hp, candidate_params, paramagnetic_sign, torch_device, label)
     centres = table[["x", "y", "z"]].to_numpy(float)
-    table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(centres, Transforms(Path(xfm)))
-    table["mirror_contrast"] = mirror_contrast(table[["mni_x", "mni_y", "mni_z"]], table["contrast"])
-    patches = candidate_patches(img.get_fdata(dtype=np.float32), brain, img.affine, centres, hp, paramagnetic_sign,
+    transforms = Transforms(Path(xfm))
+    table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(centres, transforms)
+    data = img.get_fdata(dtype=np.float32)
+    add_mirror_measures(table, data, brain, img.affine, transforms, candidate_params)
+    patches = candidate_patches(data, brain, img.affine, centres, hp, paramagnetic_sign,
                                 classifier.model.spec.context_mm)
     features = candidate_features(table, with_phase=hp is not None)
     table["probability"], table["probability_sd"] = classifier.predict_with_spread(patches, features, torch_device)
     table["superseded"] = superseded(centres, table["probability"])
-    table["mirror_vetoed"] = mirror_vetoed(table["mirror_contrast"], classifier.mirror_veto)
+    table["mirror_vetoed"] = mirror_vetoed(table["mirror_darkness"], classifier.mirror_veto)
     table["is_cmb"] = (table["probability"] >= classifier.threshold) & ~table["superseded"] & ~table["mirror_vetoed"]
     log.info("%s: %d of %d candidates called microbleeds (%s model, threshold %.3f, mirror veto %s, %s)",
              label, int(table["is_cmb"].sum()), len(table), classifier.variant, classifier.threshold,

@@ -23,7 +23,7 @@ import torch
 from scipy import optimize, special
 from torch.nn import functional as F
 
-from cmbflow.config import TrainParams
+from cmbflow.config import CandidateParams, TrainParams
 from cmbflow.derivatives import BRAIN_MASK, HPPHASE, MNI_XFM, N4_MAGNITUDE, STAGE1_TABLE
 from cmbflow.detections import standing
 from cmbflow.evaluate import (
@@ -43,7 +43,7 @@ from cmbflow.model import (
     load_model,
     save_model,
 )
-from cmbflow.patches import candidate_features, candidate_patches, mirror_contrast, n_features, views
+from cmbflow.patches import add_mirror_measures, candidate_features, candidate_patches, n_features, views
 from cmbflow.transforms import Transforms, points_to_mni
 
 log = logging.getLogger(__name__)
@@ -74,17 +74,19 @@ class ScanOutputs:
 def scan_patches(
     scan: ScanOutputs, paramagnetic_sign: int, context_mm: float = 0.0
 ) -> tuple[pd.DataFrame, npt.NDArray[np.float32], npt.NDArray[np.float64]]:
-    """The stage-1 table of a scan (with MNI positions and mirror partners), its classifier patches
-    (n, channels, S, S, S; :func:`cmbflow.patches.candidate_patches`) and voxel size."""
+    """The stage-1 table of a scan (with MNI positions and mirror measures, the contrast ratio of
+    the default :class:`cmbflow.config.CandidateParams`), its classifier patches (n, channels, S, S,
+    S; :func:`cmbflow.patches.candidate_patches`) and voxel size."""
     table = pd.read_csv(scan.stage1, sep="\t")
     if "mni_x" not in table:  # a stage-1 table; the workflow's final tables have them
         table[["mni_x", "mni_y", "mni_z"]] = points_to_mni(table[["x", "y", "z"]].to_numpy(float), Transforms(scan.xfm))
-    table["mirror_contrast"] = mirror_contrast(table[["mni_x", "mni_y", "mni_z"]], table["contrast"])
     img = nib.load(scan.magnitude)
+    data = img.get_fdata(dtype=np.float32)
     mask = np.asanyarray(nib.load(scan.mask).dataobj) > 0
+    add_mirror_measures(table, data, mask, img.affine, Transforms(scan.xfm), CandidateParams())
     phase = None if scan.hpphase is None else nib.load(scan.hpphase).get_fdata(dtype=np.float32)
-    patches = candidate_patches(img.get_fdata(dtype=np.float32), mask, img.affine,
-                                table[["x", "y", "z"]].to_numpy(float), phase, paramagnetic_sign, context_mm)
+    patches = candidate_patches(data, mask, img.affine, table[["x", "y", "z"]].to_numpy(float), phase,
+                                paramagnetic_sign, context_mm)
     return table, patches, voxel_sizes(img.affine)
 
 
@@ -363,7 +365,7 @@ def score_scans(
             probability = Classifier(model, 0.5, name).predict(
                 by_extent[model.spec.context_mm][:, : model.spec.input_channels], candidate_features(table, with_phase),
                 device)
-            can_call = standing(xyz, probability, table["mirror_contrast"], (mirror_veto or {}).get(name))  # as called
+            can_call = standing(xyz, probability, table["mirror_darkness"], (mirror_veto or {}).get(name))  # as called
             scored[name][group].append(ScanScores(xyz[can_call], probability[can_call], truth_xyz, truth_radius, voxel))
     return scored
 
