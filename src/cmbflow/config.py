@@ -188,7 +188,7 @@ class TrainingConfig(_Strict):
         default_factory=lambda: {"magnitude": 0.8},
         description="a model named here calls no candidate where the image at its mirror image is at least this "
         "dark relative to it (cmbflow.detections.mirror_vetoed): the magnitude-only model's calls at iron nuclei; "
-        "for the phase model every level cost validation bleeds (benchmarks/RESULTS.md)")
+        "the phase model makes none on validation (benchmarks/RESULTS.md)")
     members: dict[Literal["phase", "magnitude"], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {"phase": 2, "magnitude": 3},
         description="networks per model (seeds 0, 1, ...), logits averaged; the magnitude-only model "
