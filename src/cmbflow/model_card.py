@@ -51,7 +51,8 @@ LIMITATIONS = [
     "Iron-rich nuclei (globus pallidus, red nucleus, substantia nigra) and veins remain the commonest false "
     "calls. The mirror-partner input, and the magnitude-only model's mirror veto, need the subject's "
     "registration to MNI; a scan that registers badly loses them. Check deep and brainstem calls against the "
-    "same place in the other hemisphere. The veto would also drop one of two bleeds at exactly mirrored places.",
+    "same place in the other hemisphere. The veto would also drop one of two bleeds at exactly mirrored places, "
+    "and at long echo times with thick slices (the `shifted` preset) faint bleeds whose surroundings are as dark.",
 ]
 
 #: Figures measured for one set of weights on simulated cohorts that chose nothing, through the whole
