@@ -161,8 +161,8 @@ def mirror_vetoed(mirror_darkness: npt.ArrayLike, veto: float | None) -> npt.NDA
     A veto, not only an input: the magnitude-only model called its validation false positives at
     nuclei with the mirror partner as an input too (benchmarks/RESULTS.md).
     """
-    ratio = np.asarray(mirror_darkness, dtype=float)
-    return np.zeros(ratio.shape, dtype=bool) if veto is None else ratio >= veto
+    darkness = np.asarray(mirror_darkness, dtype=float)
+    return np.zeros(darkness.shape, dtype=bool) if veto is None else darkness >= veto
 
 
 def standing(xyz: npt.ArrayLike, probability: npt.ArrayLike, mirror_darkness: npt.ArrayLike,

@@ -172,7 +172,7 @@ class Classifier:
     weights_sha256: str | None = None  # of its weights file (in every sidecar); None for a model in memory
     temperature: float = 1.0  # logits are divided by it (fitted on validation, or a site's: cmbflow.finetune)
     logit_shift: float = 0.0  # then shifted by it (fitted on validation with the temperature)
-    mirror_veto: float | None = None  # no call with a mirror partner this dark (cmbflow.detections.mirror_vetoed)
+    mirror_veto: float | None = None  # no call whose mirror image is this dark (cmbflow.detections.mirror_vetoed)
 
     def predict(self, patches: npt.NDArray[np.float32], features: npt.NDArray[np.float32] | None = None,
                 device: torch.device | str = "cpu", batch_size: int = 64) -> npt.NDArray[np.float64]:
